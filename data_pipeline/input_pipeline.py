@@ -1,0 +1,453 @@
+"""The two-view (or multi-view) pretraining input pipeline (tf.data).
+
+Reads the mask dataset written by `data_pipeline.precompute_masks`
+(`<dir>/manifest.json` + `<split>-<i:05d>-of-<n:05d>.tfrecord`, format in
+records.py), decodes each record once and makes its views (DetCon, Sec. 3.1:
+"we transform each mask ... using the same cropping and resizing as used for
+the underlying RGB image"): per view an Inception crop window applied to the
+image and its label map, a flip shared by both, bicubic (image) / nearest
+(labels) resize, and BYOL's colour recipe (augment.py).
+
+Batches (CONTRACT.md), leading dims [num_local_devices, per_device_batch]:
+  view{k}/image float32 [D, B, S, S, 3] (ImageNet-normalised), view{k}/mask
+  int32 [D, B, S, S], view{k}/box float32 [D, B, 4] (y0, x0, y1, x1),
+  view{k}/flip int32 [D, B].
+
+Views and masks
+---------------
+'crop' views: Inception crop (augment.inception_crop_window), flip p=0.5, then
+colour. 'color_only' views (LC-loss's I_c): the whole image resized to S x S,
+box (0, 0, 1, 1), flip 0, colour only. `shared_flip` (ReSim) draws one flip
+for all 'crop' views. ReSim flips the original before cropping; flipping the
+window's content after cropping is the same image when the window is mirrored,
+and windows are drawn symmetrically, so we keep one convention: `box` is always
+in unflipped original coordinates and `flip` means "mirrored after cropping".
+Masks: the stored map data.mask ('gt', 'user', or 'fh' at data.fh_scale; with
+fh_scale=-1 one stored FH map per example, drawn statelessly and shared by its
+views), or 'grid': DetCon's n x n spatial heuristic (Sec. 3.2) "divide[s] the
+image" and every mask is then "transform[ed] ... using the same cropping and
+resizing as used for the underlying RGB image" (Sec. 3.1), so the grid is laid
+over the ORIGINAL image and cropped with the view (a crop shows only some
+cells; 'color_only' views show all n^2). Ids pass through unchanged (int32).
+
+Determinism and exact resume
+----------------------------
+Each JAX process reads only its own files, `shards[process_index::process_count]`,
+and its stream is an endless sequence of epochs over them. Epoch e
+  * reads its files in an order drawn from seed (seed, process, e),
+  * shuffles records with a tf.data shuffle buffer seeded from the same seed
+    (`data.shuffle_buffer` records of encoded bytes; a buffer smaller than the
+    epoch gives a local shuffle, as usual),
+  * numbers the shuffled records 0, 1, ... (their position), and
+  * augments the record at position p with stateless ops seeded by
+    (seed, process, e, p).
+So the stream is a pure function of (files, seed, process_index,
+process_count); batches are consecutive runs of `global_batch_size /
+process_count` elements of it and may straddle epochs (drop-remainder applies
+only to the endless stream). Step k consumes elements [k b, (k + 1) b). Resuming
+at `start_step=N` computes (epoch, offset) = divmod(N b, epoch size), starts at
+that epoch and skips `offset` shuffled records before decoding, never
+re-reading earlier epochs. The skipped records are read as bytes (the shuffle
+buffer must see them to reproduce the order) but not decoded or augmented.
+Shuffle-buffer refills at epoch boundaries cost a short stall.
+
+tf.data's shuffle combines its op seed with TF's global seed; nothing in this
+code base sets one (`tf.random.set_seed`), and doing so would change the order
+(still deterministically).
+
+Config keys read (config.data; defaults in brackets): dir, split ['train'],
+image_size [224], mask ['fh'], fh_scale [1000], grid_size [4], crop_area
+[(0.08, 1.0)], crop_aspect [(3/4, 4/3)], view_modes [('crop', 'crop')],
+view_sizes [image_size for each view], view_crop_areas [crop_area for each
+view], shared_flip [False], color_jitter_prob [0.8], brightness [0.4],
+contrast [0.4], saturation [0.2], hue [0.1], grayscale_prob [0.2], blur_prob
+[(1.0, 0.1)], blur_sigma [(0.1, 2.0)], solarize_prob [(0.0, 0.2)],
+shuffle_buffer [10000], num_parallel [AUTOTUNE], file_parallel_reads [8].
+A third or later view (multi-crop, CLoVE) is a config change: extend
+view_modes, view_sizes, view_crop_areas, blur_prob and solarize_prob.
+"""
+
+import dataclasses
+import json
+import os
+import re
+
+from data_pipeline import augment
+from data_pipeline import records
+from data_pipeline import tf_setup
+
+tf = tf_setup.hide_accelerators()
+
+VIEW_MODES = ('crop', 'color_only')
+MASK_KINDS = ('fh', 'gt', 'user', 'grid')
+_FH_NAME = re.compile(r'^fh_s([0-9.e+-]+)_m([0-9.e+-]+)_sig([0-9.e+-]+)$')
+
+
+def _get(cfg, key, default):
+  """cfg.key, or default when absent (ConfigDict or dict)."""
+  try:
+    return cfg[key]
+  except (KeyError, AttributeError):
+    return default
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewSpec:
+  """How one view is made. `mode`: 'crop' (crop + flip + colour) or 'color_only'."""
+  mode: str
+  size: int
+  crop_area: tuple
+  crop_aspect: tuple
+  blur_prob: float
+  solarize_prob: float
+
+
+def view_specs(data_config):
+  """One ViewSpec per entry of data.view_modes."""
+  modes = tuple(_get(data_config, 'view_modes', ('crop', 'crop')))
+  n = len(modes)
+  size = int(_get(data_config, 'image_size', 224))
+  crop_area = tuple(_get(data_config, 'crop_area', (0.08, 1.0)))
+  crop_aspect = tuple(_get(data_config, 'crop_aspect', (3. / 4., 4. / 3.)))
+
+  def per_view(key, default):
+    v = _get(data_config, key, None)
+    v = default if v is None else tuple(v)
+    if len(v) < n:
+      raise ValueError(f'config key data.{key}={v} has {len(v)} entries but'
+                       f' data.view_modes={modes} asks for {n} views; give one'
+                       ' per view')
+    return v
+
+  sizes = per_view('view_sizes', (size,) * n)
+  areas = per_view('view_crop_areas', (crop_area,) * n)
+  blur = per_view('blur_prob', (1.0, 0.1))
+  sol = per_view('solarize_prob', (0.0, 0.2))
+  specs = []
+  for i, mode in enumerate(modes):
+    if mode not in VIEW_MODES:
+      raise ValueError(f'config key data.view_modes[{i}]={mode!r}: use one of'
+                       f' {VIEW_MODES}')
+    specs.append(ViewSpec(mode=mode, size=int(sizes[i]), crop_area=tuple(areas[i]),
+                          crop_aspect=crop_aspect, blur_prob=float(blur[i]),
+                          solarize_prob=float(sol[i])))
+  return specs
+
+
+def color_kwargs(data_config):
+  """Keyword arguments of augment.byol_color_augment shared by all views."""
+  return dict(
+      color_jitter_prob=float(_get(data_config, 'color_jitter_prob', 0.8)),
+      brightness=float(_get(data_config, 'brightness', 0.4)),
+      contrast=float(_get(data_config, 'contrast', 0.4)),
+      saturation=float(_get(data_config, 'saturation', 0.2)),
+      hue=float(_get(data_config, 'hue', 0.1)),
+      grayscale_prob=float(_get(data_config, 'grayscale_prob', 0.2)),
+      blur_sigma=tuple(_get(data_config, 'blur_sigma', (0.1, 2.0))))
+
+
+# ------------------------------------------------------- manifest and shards ---
+
+def read_manifest(data_dir):
+  """Loads <data_dir>/manifest.json, with errors that say what to run."""
+  if not data_dir:
+    raise ValueError('config key data.dir is empty: set it to a mask dataset'
+                     ' directory written by data_pipeline.precompute_masks')
+  path = os.path.join(data_dir, 'manifest.json')
+  if not os.path.isdir(data_dir):
+    raise FileNotFoundError(f'mask dataset directory {data_dir!r} (config key'
+                            ' data.dir) does not exist; write it with'
+                            ' `python -m data_pipeline.precompute_masks`')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path} not found: {data_dir!r} (config key data.dir)'
+                            ' is not a complete mask dataset; (re)run'
+                            ' data_pipeline.precompute_masks')
+  with open(path) as f:
+    return json.load(f)
+
+
+def stored_fh_maps(manifest):
+  """[(scale, min_size, sigma, name)] of the FH maps a manifest lists."""
+  out = []
+  if manifest.get('fh'):
+    for e in manifest['fh']:
+      out.append((float(e['scale']), float(e['min_size']), float(e['sigma']), e['name']))
+  else:
+    for name in manifest.get('mask_names', []):
+      m = _FH_NAME.match(name)
+      if m:
+        out.append((float(m[1]), float(m[2]), float(m[3]), name))
+  stored = set(manifest.get('mask_names', []))
+  return [e for e in out if e[3] in stored]
+
+
+def mask_choices(manifest, data_config):
+  """Stored map names the configured mask draws from ([] for 'grid').
+
+  One name, or for data.mask='fh' with data.fh_scale=-1 every stored FH map
+  (one is picked per example, uniformly).
+  """
+  kind = _get(data_config, 'mask', 'fh')
+  stored = list(manifest.get('mask_names', []))
+  if kind not in MASK_KINDS:
+    raise ValueError(f'config key data.mask={kind!r}: use one of {MASK_KINDS}')
+  if kind == 'grid':
+    return []
+  if kind in ('gt', 'user'):
+    if kind not in stored:
+      raise ValueError(f'config key data.mask={kind!r}, but the mask dataset'
+                       f' {_get(data_config, "dir", "")!r} stores only {stored};'
+                       ' choose one of those (or mask=grid), or recompute the'
+                       ' dataset with that map')
+    return [kind]
+  fh = stored_fh_maps(manifest)
+  if not fh:
+    raise ValueError(f'config key data.mask=\'fh\', but the mask dataset'
+                     f' {_get(data_config, "dir", "")!r} stores no FH map (it'
+                     f' stores {stored}); use data.mask=gt/user/grid or recompute'
+                     ' it with FH scales')
+  scale = float(_get(data_config, 'fh_scale', 1000))
+  if scale == -1:
+    return sorted({e[3] for e in fh})
+  match = [e for e in fh if e[0] == scale]
+  if len(match) > 1:  # Prefer DetCon's min_size = scale.
+    match = [e for e in match if e[1] == scale] or match
+  if not match:
+    raise ValueError(f'config key data.fh_scale={_get(data_config, "fh_scale", 1000)}'
+                     f' is not stored in {_get(data_config, "dir", "")!r}; stored FH'
+                     f' maps: {[e[3] for e in fh]} (scales'
+                     f' {sorted({e[0] for e in fh})}); set data.fh_scale to one of'
+                     ' those, or -1 to pick one per example')
+  if len(match) > 1:
+    raise ValueError(f'config key data.fh_scale={scale} matches several stored'
+                     f' FH maps {[e[3] for e in match]}; cannot choose')
+  return [match[0][3]]
+
+
+def process_shards(manifest, data_dir, process_index, process_count):
+  """This process's shard files and their record counts: shards[i::n]."""
+  shards = manifest.get('shards') or []
+  if not shards:
+    raise ValueError(f'{data_dir}/manifest.json lists no shards')
+  if len(shards) < process_count:
+    raise ValueError(f'the mask dataset {data_dir!r} has {len(shards)} shard files'
+                     f' but there are {process_count} JAX processes; each process'
+                     ' reads its own files, so rewrite it with at least'
+                     f' {process_count} shards (precompute_masks --num_shards)')
+  mine = shards[process_index::process_count]
+  out = []
+  for s in mine:
+    path = os.path.join(data_dir, s['file'])
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f'shard {path} listed in {data_dir}/manifest.json is'
+                              ' missing; rerun precompute_masks')
+    n = s.get('num_examples')
+    if n is None:  # Older manifests: count the records (bytes only).
+      n = int(tf.data.TFRecordDataset(path).reduce(0, lambda c, _: c + 1))
+    out.append((path, int(n)))
+  if sum(n for _, n in out) == 0:
+    raise ValueError(f'process {process_index}/{process_count} has no records in'
+                     f' {data_dir!r}')
+  return out
+
+
+# ------------------------------------------------------------------ decoding ---
+
+def parse_and_decode(serialized, mask_names, seed):
+  """Decodes the image and ONE label map of a record.
+
+  With several candidate maps (fh_scale=-1) the map is picked uniformly with
+  the stateless `seed`; only the picked one is decoded. With none (grid) the
+  returned labels are None.
+  Returns (image uint8 [H, W, 3], labels int32 [H, W] or None).
+  """
+  spec = {
+      records.IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string),
+      records.IMAGE_HEIGHT: tf.io.FixedLenFeature([], tf.int64),
+      records.IMAGE_WIDTH: tf.io.FixedLenFeature([], tf.int64),
+  }
+  for n in mask_names:
+    spec[records.mask_key(n, 'encoded')] = tf.io.FixedLenFeature([], tf.string)
+    spec[records.mask_key(n, 'encoding')] = tf.io.FixedLenFeature([], tf.string)
+  f = tf.io.parse_single_example(serialized, spec)
+  h = tf.cast(f[records.IMAGE_HEIGHT], tf.int32)
+  w = tf.cast(f[records.IMAGE_WIDTH], tf.int32)
+  image = tf.io.decode_image(f[records.IMAGE_ENCODED], channels=3,
+                             expand_animations=False)
+  image = tf.reshape(image, tf.stack([h, w, 3]))
+  if not mask_names:
+    return image, None
+  encoded = tf.stack([f[records.mask_key(n, 'encoded')] for n in mask_names])
+  encoding = tf.stack([f[records.mask_key(n, 'encoding')] for n in mask_names])
+  if len(mask_names) == 1:
+    i = 0
+  else:
+    i = tf.random.stateless_uniform([], seed, 0, len(mask_names), dtype=tf.int32)
+  labels = records.decode_label_map_tf(encoded[i], encoding[i])
+  return image, tf.reshape(labels, tf.stack([h, w]))
+
+
+def make_view(image, labels, seed, spec, color, shared_flip=None):
+  """One augmented view of a decoded example.
+
+  Args:
+    image: uint8 [H, W, 3]. labels: int32 [H, W].
+    seed: [2] stateless seed of this view.
+    spec: ViewSpec. color: augment.byol_color_augment kwargs.
+    shared_flip: bool scalar to use instead of this view's own flip draw.
+  Returns:
+    dict(image float32 [S, S, 3] normalised, mask int32 [S, S],
+    box float32 [4], flip int32 []).
+  """
+  s_crop, s_flip, s_color = augment.split_seed(seed, 3)
+  shape = tf.shape(labels)
+  height, width = shape[0], shape[1]
+  size = spec.size
+  if spec.mode == 'crop':
+    window = augment.inception_crop_window(s_crop, height, width, spec.crop_area,
+                                           spec.crop_aspect)
+    if shared_flip is None:
+      flip = tf.random.stateless_uniform([], s_flip) < 0.5
+    else:
+      flip = shared_flip
+  else:  # color_only: the whole image, resized (LC-loss's I_c).
+    window = (tf.constant(0), tf.constant(0), height, width)
+    flip = tf.constant(False)
+  img = augment.crop_and_resize_image(image, window, size)
+  lab = augment.crop_and_resize_labels(labels, window, size)
+  if spec.mode == 'crop':
+    img = augment.flip_left_right(img, flip)
+    lab = augment.flip_left_right(lab, flip)
+  img = tf.ensure_shape(img, [size, size, 3])
+  img = augment.byol_color_augment(img, s_color, blur_prob=spec.blur_prob,
+                                   solarize_prob=spec.solarize_prob, **color)
+  return dict(image=augment.normalize(img),
+              mask=tf.ensure_shape(lab, [size, size]),
+              box=augment.window_to_box(*window, height, width),
+              flip=tf.cast(flip, tf.int32))
+
+
+def make_views_fn(data_config, mask_names):
+  """Returns fn(example_seed, serialized) -> flat dict of all views."""
+  specs = view_specs(data_config)
+  color = color_kwargs(data_config)
+  shared = bool(_get(data_config, 'shared_flip', False))
+  grid_size = int(_get(data_config, 'grid_size', 4))
+  is_grid = _get(data_config, 'mask', 'fh') == 'grid'
+
+  def fn(seed, serialized):
+    s_mask, s_flip, *s_views = augment.split_seed(seed, 2 + len(specs))
+    image, labels = parse_and_decode(serialized, mask_names, s_mask)
+    if is_grid:
+      # DetCon Sec. 3.2: the grid divides the image; like any mask it is then
+      # transformed with the view's crop, so it is made at full resolution.
+      shape = tf.shape(image)
+      labels = augment.grid_label_map(shape[0], shape[1], grid_size)
+    flip = tf.random.stateless_uniform([], s_flip) < 0.5 if shared else None
+    out = {}
+    for k, (spec, s) in enumerate(zip(specs, s_views)):
+      for key, v in make_view(image, labels, s, spec, color, flip).items():
+        out[f'view{k + 1}/{key}'] = v
+    return out
+
+  return fn
+
+
+# ------------------------------------------------------------------- dataset ---
+
+def _base_seed(seed, process_index):
+  s = tf.constant([seed & 0x7FFFFFFFFFFFFFFF, 0x5EED], tf.int64)
+  return tf.random.experimental.stateless_fold_in(s, process_index)
+
+
+def make_pretrain_dataset(data_config, *, global_batch_size, seed, start_step=0,
+                          process_index=0, process_count=1, num_local_devices=1,
+                          with_metadata=False):
+  """The tf.data.Dataset of this process's batches (see module docstring).
+
+  Args:
+    data_config: config.data (keys in the module docstring).
+    global_batch_size: examples per step over all processes and devices.
+    seed: int; the whole stream is a function of it.
+    start_step: first step to produce (exact resume).
+    process_index, process_count: this JAX process and how many there are.
+    num_local_devices: devices of this process (leading batch dim).
+    with_metadata: also yield meta/epoch, meta/position (int64 [D, B]) and
+      meta/id (string [D, B]) (tests, tools).
+  Returns:
+    Endless dataset of dicts with leading dims [num_local_devices, B].
+  """
+  if global_batch_size % (process_count * num_local_devices):
+    raise ValueError(f'global batch size {global_batch_size} must be divisible by'
+                     f' process_count * num_local_devices = {process_count} *'
+                     f' {num_local_devices}; change config.batch_size')
+  per_process = global_batch_size // process_count
+  per_device = per_process // num_local_devices
+  data_dir = _get(data_config, 'dir', '')
+  manifest = read_manifest(data_dir)
+  split = _get(data_config, 'split', 'train')
+  if manifest.get('split', split) != split:
+    raise ValueError(f'config key data.split={split!r}, but {data_dir}/manifest.json'
+                     f' holds split {manifest["split"]!r}')
+  mask_names = mask_choices(manifest, data_config)
+  shards = process_shards(manifest, data_dir, process_index, process_count)
+  files = tf.constant([p for p, _ in shards])
+  epoch_size = sum(n for _, n in shards)
+  first_epoch, offset = divmod(start_step * per_process, epoch_size)
+  base = _base_seed(seed, process_index)
+  buffer = int(_get(data_config, 'shuffle_buffer', 10000))
+  reads = min(len(shards), int(_get(data_config, 'file_parallel_reads', 8)))
+
+  def epoch_records(epoch):
+    s_files, s_shuffle = augment.split_seed(
+        tf.random.experimental.stateless_fold_in(base, epoch), 2)
+    order = tf.argsort(tf.random.stateless_uniform([len(shards)], s_files))
+    ds = tf.data.TFRecordDataset(tf.gather(files, order), num_parallel_reads=reads)
+    shuffle_seed = tf.random.stateless_uniform([], s_shuffle, dtype=tf.int64,
+                                               minval=None, maxval=None)
+    ds = ds.shuffle(buffer, seed=shuffle_seed)
+    ds = ds.enumerate()
+    ds = ds.skip(tf.where(epoch == first_epoch, tf.constant(offset, tf.int64), 0))
+    return ds.map(lambda pos, rec: dict(epoch=epoch, position=pos, record=rec))
+
+  views_fn = make_views_fn(data_config, mask_names)
+
+  def process_example(ex):
+    s = tf.random.experimental.stateless_fold_in(base, ex['epoch'])
+    s = tf.random.experimental.stateless_fold_in(s, ex['position'])
+    out = views_fn(s, ex['record'])
+    if with_metadata:
+      out['meta/epoch'] = ex['epoch']
+      out['meta/position'] = ex['position']
+      out['meta/id'] = tf.io.parse_single_example(
+          ex['record'], {records.IMAGE_ID: tf.io.FixedLenFeature([], tf.string)}
+      )[records.IMAGE_ID]
+    return out
+
+  def split_devices(batch):
+    return {k: tf.reshape(v, tf.concat([[num_local_devices, per_device],
+                                        tf.shape(v)[1:]], 0))
+            for k, v in batch.items()}
+
+  num_parallel = _get(data_config, 'num_parallel', tf.data.AUTOTUNE)
+  ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch_records)
+  ds = ds.map(process_example, num_parallel_calls=num_parallel, deterministic=True)
+  ds = ds.batch(per_process, drop_remainder=True)
+  ds = ds.map(split_devices)
+  ds = ds.prefetch(tf.data.AUTOTUNE)
+  opts = tf.data.Options()
+  opts.deterministic = True
+  # One thread per op: the parallelism is across examples (as big_vision).
+  opts.threading.max_intra_op_parallelism = 1
+  return ds.with_options(opts)
+
+
+def make_pretrain_iterator(data_config, *, global_batch_size, seed, start_step,
+                           process_index, process_count, num_local_devices):
+  """Python iterator of numpy batch dicts (CONTRACT.md), starting at `start_step`."""
+  ds = make_pretrain_dataset(data_config, global_batch_size=global_batch_size,
+                             seed=seed, start_step=start_step,
+                             process_index=process_index,
+                             process_count=process_count,
+                             num_local_devices=num_local_devices)
+  return ds.as_numpy_iterator()

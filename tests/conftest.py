@@ -1,0 +1,22 @@
+"""Test-wide set-up: 4 simulated CPU devices, and TensorFlow kept off accelerators.
+
+Every test process sees the same 4 CPU devices (set before JAX is imported), so
+single-device and multi-device code paths are both exercised on a CPU-only
+machine.
+"""
+
+import os
+import sys
+
+# The PyPI torch wheel bundles triton, whose native library crashes the process
+# when loaded after TensorFlow. Triton only serves GPU kernels: hide it.
+sys.modules.setdefault('triton', None)
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=4').strip()
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+from data_pipeline import tf_setup  # noqa: E402
+
+tf_setup.hide_accelerators()

@@ -1,0 +1,67 @@
+"""Writes tiny mask datasets in the real on-disk format (tests only).
+
+The format is the one precompute_masks writes (CONTRACT.md "Mask dataset on
+disk"): `<split>-<i:05d>-of-<n:05d>.tfrecord` shards of records.make_example
+records plus manifest.json.
+"""
+
+import io
+import json
+import os
+
+import numpy as np
+from PIL import Image
+
+from data_pipeline import records
+from data_pipeline import tf_setup
+
+
+def encode_image(image, fmt='png', quality=95):
+  """uint8 [H, W, 3] -> encoded bytes (png is lossless, for exact tests)."""
+  buf = io.BytesIO()
+  if fmt == 'png':
+    Image.fromarray(image).save(buf, format='PNG')
+  else:
+    Image.fromarray(image).save(buf, format='JPEG', quality=quality)
+  return buf.getvalue()
+
+
+def write_mask_dataset(out_dir, examples, *, num_shards, split='train',
+                       fh=(), image_format='png', write_manifest=True):
+  """Writes `examples` round-robin into `num_shards` shards + manifest.json.
+
+  Args:
+    out_dir: folder to create.
+    examples: list of dict(id=str, image=uint8 [H, W, 3], masks={name: int [H, W]}).
+    fh: [(scale, min_size, sigma)] FH maps the examples store (for the manifest).
+  Returns:
+    the manifest dict.
+  """
+  tf = tf_setup.hide_accelerators()
+  os.makedirs(out_dir, exist_ok=True)
+  per_shard = [examples[i::num_shards] for i in range(num_shards)]
+  shards = []
+  for i, exs in enumerate(per_shard):
+    name = f'{split}-{i:05d}-of-{num_shards:05d}.tfrecord'
+    with tf.io.TFRecordWriter(os.path.join(out_dir, name)) as w:
+      for ex in exs:
+        h, w_ = ex['image'].shape[:2]
+        w.write(records.make_example(
+            encoded=encode_image(ex['image'], image_format),
+            image_format='png' if image_format == 'png' else 'jpeg',
+            original_format='png' if image_format == 'png' else 'jpeg',
+            transcoded=False, height=h, width=w_, image_id=ex['id'],
+            label_maps=ex['masks']))
+    shards.append({'file': name, 'num_examples': len(exs)})
+  mask_names = list(examples[0]['masks']) if examples else []
+  manifest = {
+      'format_version': records.FORMAT_VERSION, 'split': split,
+      'source': 'tests', 'num_examples': len(examples), 'mask_names': mask_names,
+      'fh': [{'scale': s, 'min_size': m, 'sigma': g,
+              'name': records.fh_mask_name(s, m, g)} for s, m, g in fh],
+      'shards': shards, 'failures': [], 'num_failures': 0,
+  }
+  if write_manifest:
+    with open(os.path.join(out_dir, 'manifest.json'), 'w') as f:
+      json.dump(manifest, f, indent=1)
+  return manifest
