@@ -1,0 +1,121 @@
+"""Independent float64 numpy references for the pure math of dense_ssl.
+
+Written from the DetCon paper (Sec. 3.1) and NOTES.md, deliberately in the
+slow, literal form (one-hot + average-pool + argmax; explicit loops over ROIs)
+so that they share no vectorisation with the JAX code they check.
+"""
+
+import numpy as np
+
+
+def downsample_masks_ref(masks, grid_hw):
+  """One-hot over id values, average-pool to the grid, argmax (ties: first)."""
+  masks = np.asarray(masks)
+  b, hh, ww = masks.shape
+  h, w = grid_hw
+  sh, sw = hh // h, ww // w
+  num_ids = int(masks.max()) + 1
+  out = np.zeros((b, h, w), np.int64)
+  for n in range(b):
+    onehot = np.zeros((hh, ww, num_ids), np.float64)
+    onehot[np.arange(hh)[:, None], np.arange(ww)[None, :], masks[n]] = 1.0
+    pooled = onehot.reshape(h, sh, w, sw, num_ids).mean(axis=(1, 3))
+    out[n] = np.argmax(pooled, axis=-1)  # numpy argmax: first max = smallest id
+  return out
+
+
+def mask_pool_ref(features, cell_ids, ids):
+  """h_m = sum_ij m_ij h[i, j] / sum_ij m_ij for each sampled id (Sec. 3.1)."""
+  features = np.asarray(features, np.float64)
+  b, k = ids.shape
+  out = np.zeros((b, k, features.shape[-1]))
+  for n in range(b):
+    for s in range(k):
+      m = (np.asarray(cell_ids[n]) == ids[n, s]).astype(np.float64)
+      if m.sum() > 0:
+        out[n, s] = (m[..., None] * features[n]).sum((0, 1)) / m.sum()
+  return out
+
+
+def _normalize(x):
+  x = np.asarray(x, np.float64)
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _logsumexp(v):
+  v = np.asarray(v, np.float64)
+  m = v.max()
+  return m + np.log(np.exp(v - m).sum())
+
+
+def _detcon_one_direction(pa, ta, tb, ids_a, ids_b, temperature,
+                          local_negatives):
+  """Loss of view a's predictions; also returns positives per ROI."""
+  num_images, k = ids_a.shape
+  total = 0.0
+  npos_all = []
+  for i in range(num_images):
+    for r in range(k):
+      m = ids_a[i, r]
+      logits, is_pos = [], []
+      # Targets of the other view: every mask of every image.
+      for j in range(num_images):
+        for s in range(k):
+          same_obj = (j == i) and (ids_b[j, s] == m)
+          if j == i and not local_negatives and not same_obj:
+            continue  # other masks of the same image are not negatives
+          logits.append(pa[i, r] @ tb[j, s] / temperature)
+          is_pos.append(same_obj)
+      # Targets of the same view: never positives.
+      for j in range(num_images):
+        for s in range(k):
+          if j == i and (ids_a[j, s] == m or not local_negatives):
+            continue  # its own id (itself included) is removed
+          logits.append(pa[i, r] @ ta[j, s] / temperature)
+          is_pos.append(False)
+      npos = sum(is_pos)
+      npos_all.append(npos)
+      if npos == 0:
+        continue  # weight 0
+      log_z = _logsumexp(logits)
+      ce = -np.mean([l - log_z for l, p in zip(logits, is_pos) if p])
+      duplicates = sum(ids_a[i, s] == m for s in range(k))
+      total += ce / duplicates
+  return total / (num_images * k), npos_all
+
+
+def detcon_loss_ref(pred1, pred2, target1, target2, ids1, ids2,
+                    temperature=0.1, local_negatives=True):
+  """DetCon loss (NOTES.md): loss(1 -> 2) + loss(2 -> 1), float64.
+
+  Returns (loss, mean positives per ROI over both directions).
+  """
+  p1, p2 = _normalize(pred1), _normalize(pred2)
+  t1, t2 = _normalize(target1), _normalize(target2)
+  ids1, ids2 = np.asarray(ids1), np.asarray(ids2)
+  l12, n12 = _detcon_one_direction(p1, t1, t2, ids1, ids2, temperature,
+                                   local_negatives)
+  l21, n21 = _detcon_one_direction(p2, t2, t1, ids2, ids1, temperature,
+                                   local_negatives)
+  return l12 + l21, float(np.mean(n12 + n21))
+
+
+def nt_xent_ref(z1, z2, temperature=0.1):
+  """SimCLR NT-Xent, mean of both directions, float64, explicit loops."""
+  z = [_normalize(z1), _normalize(z2)]
+  n = z[0].shape[0]
+  losses = []
+  for a, b in ((0, 1), (1, 0)):
+    total = 0.0
+    for i in range(n):
+      pos = z[a][i] @ z[b][i] / temperature
+      logits = [z[a][i] @ z[b][j] / temperature for j in range(n)]
+      logits += [z[a][i] @ z[a][j] / temperature for j in range(n) if j != i]
+      total += -(pos - _logsumexp(logits))
+    losses.append(total / n)
+  return 0.5 * (losses[0] + losses[1])
+
+
+def byol_loss_ref(pred, target):
+  p, t = _normalize(pred), _normalize(target)
+  return float(np.mean(2 - 2 * (p * t).sum(-1)))
