@@ -1,0 +1,22 @@
+"""Method registry: config.method -> the class that computes its loss."""
+
+from dense_ssl.methods import byol
+from dense_ssl.methods import detcon_b
+from dense_ssl.methods import detcon_s
+from dense_ssl.methods import simclr
+
+METHODS = {
+    'byol': byol.BYOL,
+    'simclr': simclr.SimCLR,
+    'detcon_b': detcon_b.DetConB,
+    'detcon_s': detcon_s.DetConS,
+}
+
+
+def get_method(config):
+  """Instantiates config.method; unknown names are a clear error."""
+  name = config.method
+  if name not in METHODS:
+    raise ValueError(f'config.method={name!r} is not a known method; '
+                     f'choose one of {sorted(METHODS)}.')
+  return METHODS[name](config)

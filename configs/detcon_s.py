@@ -1,0 +1,19 @@
+r"""DetCon-S: SimCLR with the contrastive detection loss (Hénaff et al. 2021).
+
+Paper setting (imagenet preset): SimCLR's optimisation -- LARS base LR 0.3 x
+batch/256, WD 1e-6, temperature 0.1, batch 4096, 1000 epochs; one shared
+network, no predictor, no EMA; FH masks at scale 1000, 16 masks per view.
+
+  python -m dense_ssl.main --config=configs/detcon_s.py:imagenet --workdir=WORKDIR \
+      --config.data.dir=MASKS_DIR
+  python -m dense_ssl.main --config=configs/detcon_s.py:demo --workdir=out/demo/detcon_s
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  c = common.base_config('detcon_s')
+  c.optimizer.base_lr = 0.3
+  c.optimizer.weight_decay = 1e-6
+  return common.apply_preset(c, arg)

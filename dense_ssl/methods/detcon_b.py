@@ -1,0 +1,69 @@
+"""DetCon-B (Hénaff et al. 2021, Sec. 3.1): BYOL with the contrastive detection loss.
+
+Per view: the mask is hard-assigned to the C5 grid (majority id per cell),
+K = 16 ids are sampled among the ids present (the online and target branches
+of a view share them), features are mask-pooled (h_m), projected (g) and, on
+the online side, predicted (q). detcon_loss (Eqs. 1-3) contrasts each
+prediction with the EMA target projections of all masks of all images in
+both views.
+"""
+
+import jax
+
+from dense_ssl.losses import detcon as detcon_losses
+from dense_ssl.methods import base
+from dense_ssl.ops import mask_pool as mp
+
+
+def sample_view_masks(rng, mask, image_size, num_samples):
+  """mask [B, S, S] -> (cell_ids [B, S/32, S/32], ids [B, K]) for C5 (stride 32)."""
+  grid = image_size // 32
+  cell_ids = mp.downsample_masks(mask, (grid, grid))
+  return cell_ids, mp.sample_mask_ids(rng, cell_ids, num_samples)
+
+
+def mask_pool_fn(cell_ids, ids):
+  return lambda feats: mp.mask_pool(feats['c5'], cell_ids, ids)
+
+
+class DetConMasks:
+  """Shared by DetCon-B and DetCon-S: per-view mask sampling and pooling."""
+
+  def view_pools(self, batch, rng):
+    k = self.config.loss.num_samples
+    size = batch['view1/image'].shape[1]
+    rng1, rng2 = jax.random.split(rng)
+    c1, ids1 = sample_view_masks(rng1, batch['view1/mask'], size, k)
+    c2, ids2 = sample_view_masks(rng2, batch['view2/mask'], size, k)
+    return (mask_pool_fn(c1, ids1), ids1), (mask_pool_fn(c2, ids2), ids2)
+
+  def init_pool(self, batch):
+    size = batch['view1/image'].shape[1]
+    c, ids = sample_view_masks(jax.random.key(0), jax.numpy.asarray(batch['view1/mask']),
+                               size, self.config.loss.num_samples)
+    return mask_pool_fn(c, ids)
+
+  def detcon(self, pred1, pred2, target1, target2, ids1, ids2, **kw):
+    return detcon_losses.detcon_loss(
+        pred1, pred2, target1, target2, ids1, ids2,
+        temperature=self.config.loss.temperature,
+        local_negatives=self.config.loss.local_negatives,
+        axis_name=self.gather_axis(), **kw)
+
+
+class DetConB(DetConMasks, base.Method):
+  uses_target = True
+  has_predictor = True
+
+  def loss(self, online_params, online_batch_stats, target_variables, batch, rng):
+    (pool1, ids1), (pool2, ids2) = self.view_pools(batch, rng)
+    x1, x2 = base.two_views(batch)
+    o1, stats = self.apply(self.online, online_params, online_batch_stats, x1, pool1)
+    o2, stats = self.apply(self.online, online_params, stats, x2, pool2)
+    tp = base.stop_gradient_tree(target_variables['params'])
+    t1, tstats = self.apply(self.target, tp, target_variables['batch_stats'], x1, pool1)
+    t2, tstats = self.apply(self.target, tp, tstats, x2, pool2)
+    loss, m = self.detcon(o1['prediction'], o2['prediction'],
+                          t1['projection'], t2['projection'], ids1, ids2)
+    return loss, (stats, tstats, base.as_metrics(
+        loss=loss, **{f'detcon_{k}': v for k, v in m.items()}))

@@ -1,0 +1,79 @@
+r"""Plots training curves from a workdir's TensorBoard event files to a PNG.
+
+  python -m dense_ssl.plot_curves --workdir=out/demo/detcon_b --out=loss.png
+  python -m dense_ssl.plot_curves --workdir=DIR --out=lr.png --tags=learning_rate
+
+By default every scalar whose tag contains "loss" gets its own panel.
+"""
+
+import glob
+import os
+
+from absl import app
+from absl import flags
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (holds event files).')
+_OUT = flags.DEFINE_string('out', None, 'PNG to write.')
+_TAGS = flags.DEFINE_list('tags', [], 'Scalar tags to plot (substring match); default: tags containing "loss".')
+
+
+def read_scalars(workdir):
+  """Returns {tag: sorted [(step, value)]} from all event files below `workdir`."""
+  from data_pipeline import tf_setup
+  tf = tf_setup.hide_accelerators()
+  files = sorted(glob.glob(os.path.join(workdir, '**', 'events.out.tfevents.*'), recursive=True))
+  series = {}
+  for path in files:
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for v in event.summary.value:
+        if v.HasField('simple_value'):
+          value = v.simple_value
+        elif v.HasField('tensor') and not v.tensor.string_val:
+          value = float(tf.make_ndarray(v.tensor))
+        else:
+          continue
+        # A resumed run rewrites steps after its checkpoint: keep the latest value.
+        series.setdefault(v.tag, {})[event.step] = value
+  return {tag: sorted(d.items()) for tag, d in series.items()}
+
+
+def plot(series, tags, out):
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, len(tags), figsize=(5 * len(tags), 3.6), squeeze=False)
+  for ax, tag in zip(axes[0], tags):
+    steps, values = zip(*series[tag])
+    ax.plot(steps, values, lw=1.2)
+    ax.set_title(tag)
+    ax.set_xlabel('step')
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
+
+
+def main(argv):
+  del argv
+  if not _WORKDIR.value or not _OUT.value:
+    raise app.UsageError('--workdir and --out are required.')
+  series = read_scalars(_WORKDIR.value)
+  if not series:
+    raise app.UsageError(f'No TensorBoard scalars found under --workdir={_WORKDIR.value}: '
+                         'has training run there yet?')
+  wanted = _TAGS.value or ['loss']
+  tags = sorted(t for t in series if any(w in t for w in wanted))
+  if not tags:
+    raise app.UsageError(f'No scalar tag matches --tags={",".join(wanted)}; '
+                         f'available: {", ".join(sorted(series))}')
+  plot(series, tags, _OUT.value)
+  for tag in tags:
+    first, last = series[tag][0], series[tag][-1]
+    print(f'{tag}: step {first[0]} = {first[1]:.4f} -> step {last[0]} = {last[1]:.4f}')
+  print(f'wrote {_OUT.value}')
+
+
+if __name__ == '__main__':
+  app.run(main)
