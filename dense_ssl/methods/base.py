@@ -122,6 +122,17 @@ class Method:
     raise NotImplementedError
 
 
+def example_rngs(rng, batch_size):
+  """One key per example of this device, from the example's GLOBAL index.
+
+  Random choices made per example (e.g. which mask ids to sample) then do
+  not depend on how the global batch is split over devices: 1 and 4
+  devices give the same update. Needs the axis AXIS bound.
+  """
+  first = jax.lax.axis_index(AXIS) * batch_size
+  return jax.vmap(lambda i: jax.random.fold_in(rng, i))(first + jnp.arange(batch_size))
+
+
 def two_views(batch):
   return batch['view1/image'], batch['view2/image']
 

@@ -15,11 +15,19 @@ from dense_ssl.methods import base
 from dense_ssl.ops import mask_pool as mp
 
 
-def sample_view_masks(rng, mask, image_size, num_samples):
-  """mask [B, S, S] -> (cell_ids [B, S/32, S/32], ids [B, K]) for C5 (stride 32)."""
+def sample_view_masks(rng, mask, image_size, num_samples, per_example=False):
+  """mask [B, S, S] -> (cell_ids [B, S/32, S/32], ids [B, K]) for C5 (stride 32).
+
+  `rng` is one key, or with per_example [B] keys (base.example_rngs).
+  """
   grid = image_size // 32
   cell_ids = mp.downsample_masks(mask, (grid, grid))
-  return cell_ids, mp.sample_mask_ids(rng, cell_ids, num_samples)
+  if per_example:
+    ids = jax.vmap(lambda r, c: mp.sample_mask_ids(r, c[None], num_samples)[0])(
+        rng, cell_ids)
+  else:
+    ids = mp.sample_mask_ids(rng, cell_ids, num_samples)
+  return cell_ids, ids
 
 
 def mask_pool_fn(cell_ids, ids):
@@ -33,8 +41,10 @@ class DetConMasks:
     k = self.config.loss.num_samples
     size = batch['view1/image'].shape[1]
     rng1, rng2 = jax.random.split(rng)
-    c1, ids1 = sample_view_masks(rng1, batch['view1/mask'], size, k)
-    c2, ids2 = sample_view_masks(rng2, batch['view2/mask'], size, k)
+    b = batch['view1/image'].shape[0]
+    rng1, rng2 = base.example_rngs(rng1, b), base.example_rngs(rng2, b)
+    c1, ids1 = sample_view_masks(rng1, batch['view1/mask'], size, k, True)
+    c2, ids2 = sample_view_masks(rng2, batch['view2/mask'], size, k, True)
     return (mask_pool_fn(c1, ids1), ids1), (mask_pool_fn(c2, ids2), ids2)
 
   def init_pool(self, batch):

@@ -1,0 +1,86 @@
+"""Optimisers and schedules: LARS / SGD / AdamW, warmup + cosine LR, EMA tau.
+
+Config keys (configs/common.py): batch_size, total_epochs | total_steps,
+warmup_epochs, optimizer.{name, base_lr, weight_decay, momentum, eta,
+nesterov, b1, b2}, ema.base.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+OPTIMIZERS = ('lars', 'sgd', 'adamw')
+
+
+def decay_mask(params):
+  """True for the parameters that get weight decay and LARS adaptation.
+
+  BYOL / DetCon exclude biases and all BatchNorm parameters: every 1-D leaf
+  (conv and dense kernels are the only >= 2-D leaves).
+  """
+  return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
+
+
+def steps_from_config(config, num_examples):
+  """(total_steps, warmup_steps, steps_per_epoch) for a dataset of num_examples.
+
+  Durations are in epochs (total_epochs, warmup_epochs); total_steps > 0
+  overrides the length (warmup stays in epochs).
+  """
+  if num_examples <= 0:
+    raise ValueError('the mask dataset has no examples (config key data.dir)')
+  steps_per_epoch = num_examples / config.batch_size
+  if config.total_steps > 0:
+    total = int(config.total_steps)
+  else:
+    total = int(math.ceil(config.total_epochs * steps_per_epoch))
+  if total <= 0:
+    raise ValueError(f'config: total_epochs={config.total_epochs} gives no step; '
+                     'set config.total_epochs or config.total_steps > 0')
+  warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total)
+  return total, warmup, steps_per_epoch
+
+
+def peak_learning_rate(config):
+  """base_lr x global_batch / 256 (Goyal et al.; BYOL and DetCon)."""
+  return config.optimizer.base_lr * config.batch_size / 256
+
+
+def learning_rate_schedule(config, total_steps, warmup_steps):
+  """Linear warmup from 0 to the peak, then cosine decay to 0 at total_steps."""
+  peak = peak_learning_rate(config)
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    warm = peak * step / max(warmup_steps, 1)
+    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+    cos = 0.5 * peak * (1 + jnp.cos(jnp.pi * jnp.clip(progress, 0.0, 1.0)))
+    return jnp.where(step < warmup_steps, warm, cos)
+
+  return schedule
+
+
+def ema_tau(step, total_steps, base):
+  """BYOL's target decay: tau_k = 1 - (1 - base) (cos(pi k / K) + 1) / 2."""
+  k = jnp.asarray(step, jnp.float32)
+  return 1.0 - (1.0 - base) * (jnp.cos(jnp.pi * k / total_steps) + 1.0) / 2.0
+
+
+def make_optimizer(config, schedule):
+  """The optax transformation named by config.optimizer.name."""
+  o = config.optimizer
+  if o.name == 'lars':
+    # optax.lars: weight decay is added before the trust ratio, both masked.
+    return optax.lars(schedule, weight_decay=o.weight_decay,
+                      weight_decay_mask=decay_mask, trust_coefficient=o.eta,
+                      trust_ratio_mask=decay_mask, momentum=o.momentum,
+                      nesterov=o.nesterov)
+  if o.name == 'sgd':
+    return optax.chain(optax.add_decayed_weights(o.weight_decay, decay_mask),
+                       optax.sgd(schedule, momentum=o.momentum, nesterov=o.nesterov))
+  if o.name == 'adamw':
+    return optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
+                       mask=decay_mask)
+  raise ValueError(f'config key optimizer.name={o.name!r}: choose one of {OPTIMIZERS}')

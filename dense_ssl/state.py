@@ -1,0 +1,49 @@
+"""The training state: everything a checkpoint needs to continue exactly."""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Online and target networks, optimiser state, step and RNG.
+
+  The data position is the step: the input pipeline is a function of
+  (seed, step), so restarting it at `step` replays the same batches.
+  Methods without a target (SimCLR, DetCon-S) keep empty target dicts.
+  """
+  step: jnp.ndarray                 # int32 [], steps done.
+  online_params: Any
+  online_batch_stats: Any
+  target_params: Any
+  target_batch_stats: Any
+  opt_state: Any
+  rng: jnp.ndarray                  # uint32 [2]: raw key, checkpointable.
+
+  @property
+  def target_variables(self):
+    if not self.target_params:
+      return None
+    return dict(params=self.target_params, batch_stats=self.target_batch_stats)
+
+
+def create_train_state(method, tx, rng, sample_batch):
+  """Initialises the method's networks and the optimiser on one device batch."""
+  init_rng, state_rng = jax.random.split(rng)
+  variables = method.init(init_rng, sample_batch)
+  online, target = variables['online'], variables['target'] or {}
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      online_params=online['params'],
+      online_batch_stats=online['batch_stats'],
+      target_params=target.get('params', {}),
+      target_batch_stats=target.get('batch_stats', {}),
+      opt_state=tx.init(online['params']),
+      rng=state_rng)
+
+
+def num_params(tree):
+  return sum(int(x.size) for x in jax.tree.leaves(tree))

@@ -1,0 +1,330 @@
+"""The one trainer for every method: data-parallel steps, EMA, checkpoints, logs.
+
+The step is written pmap-style, for ONE device: it sees its slice of the
+batch, BatchNorm statistics are averaged over the named axis `batch`,
+negatives are all-gathered over it, and gradients and metrics are pmean'ed
+over it. `jax.shard_map` under `jax.jit` runs it on a mesh of every device of
+every process; this is what `jax.pmap` compiles to in current JAX, without
+pmap's replicate/unreplicate bookkeeping (the state is one replicated global
+array per leaf, the batch one global array sharded over devices).
+
+  state, metrics = train_step(state, batch)   # state replicated, batch P('batch')
+
+The input pipeline is a function of (seed, step), so a restart at the step
+of the latest checkpoint replays exactly the batches an uninterrupted run
+sees: resume is exact.
+"""
+
+import collections
+import math
+import os
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import numpy as np
+import optax
+
+from data_pipeline import input_pipeline
+from dense_ssl import checkpoint as ckpt_lib
+from dense_ssl import optim
+from dense_ssl import state as state_lib
+from dense_ssl import methods as methods_lib
+from dense_ssl.methods.base import AXIS
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+def make_per_device_step(method, tx, schedule, total_steps, ema_base):
+  """The step for one device's batch (the named axis AXIS is bound)."""
+
+  def step_fn(state, batch):
+    step = state.step
+    # The same key on every device: methods derive per-example keys from
+    # global example indices (base.example_rngs), so the update does not
+    # depend on the number of devices.
+    rng = jax.random.fold_in(state.rng, step)
+    # Per-device gradients (as under pmap), averaged explicitly below.
+    params = jax.lax.pcast(state.online_params, AXIS, to='varying')
+
+    def loss_fn(p):
+      return method.loss(p, state.online_batch_stats, state.target_variables, batch, rng)
+
+    (loss, (stats, tstats, metrics)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(params)
+    grads = jax.lax.pmean(grads, AXIS)
+    updates, opt_state = tx.update(grads, state.opt_state, state.online_params)
+    online_params = optax.apply_updates(state.online_params, updates)
+    # BN statistics are already cross-replica means; pmean keeps them
+    # bit-identical across devices whatever the reduction order.
+    stats = jax.lax.pmean(stats, AXIS)
+
+    target_params, target_stats = state.target_params, state.target_batch_stats
+    tau = jnp.float32(0.0)
+    if method.uses_target:
+      # BYOL: xi <- tau xi + (1 - tau) theta, with tau cosine-annealed to 1.
+      tau = optim.ema_tau(step, total_steps, ema_base)
+      target_params = jax.tree.map(
+          lambda t, o: tau * t + (1.0 - tau) * o, target_params,
+          {k: online_params[k] for k in target_params})
+      target_stats = jax.lax.pmean(tstats, AXIS)
+
+    metrics = jax.lax.pmean(metrics, AXIS)
+    metrics = dict(metrics, learning_rate=schedule(step), tau=tau,
+                   grad_norm=optax.tree.norm(grads),
+                   param_norm=optax.tree.norm(online_params))
+    new_state = state.replace(
+        step=step + 1, online_params=online_params, online_batch_stats=stats,
+        target_params=target_params, target_batch_stats=target_stats,
+        opt_state=opt_state)
+    return new_state, metrics
+
+  return step_fn
+
+
+def make_mesh():
+  """A 1-D mesh over every device of every process."""
+  return Mesh(np.asarray(jax.devices()), (AXIS,))
+
+
+def compile_train_step(method, tx, schedule, total_steps, ema_base, mesh):
+  per_device = make_per_device_step(method, tx, schedule, total_steps, ema_base)
+  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)),
+                               out_specs=(P(), P())),
+                 donate_argnums=0)
+
+
+def global_batch(local_batch, mesh):
+  """This process's [D_local, B, ...] numpy batch -> global arrays sharded P(AXIS)."""
+  sharding = NamedSharding(mesh, P(AXIS))
+  out = {}
+  for k, v in local_batch.items():
+    v = np.asarray(v)
+    out[k] = jax.make_array_from_process_local_data(
+        sharding, v.reshape((-1,) + v.shape[2:]))
+  return out
+
+
+def init_state(method, tx, config, sample_batch, mesh):
+  """Initialises the TrainState replicated over the mesh (compiled once)."""
+  rng = jax.random.PRNGKey(config.seed)
+  # Two examples of device 0 give every shape; BN init needs no statistics.
+  sample = {k: np.asarray(v)[0, :2] for k, v in sample_batch.items()}
+  repl = NamedSharding(mesh, P())
+  init = jax.jit(lambda r, b: state_lib.create_train_state(method, tx, r, b),
+                 out_shardings=repl)
+  return init(rng, sample)
+
+
+def _format_duration(seconds):
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
+
+
+class MetricWriter:
+  """TensorBoard scalars (process 0 only) through tf.summary."""
+
+  def __init__(self, workdir, enabled):
+    self.enabled = enabled
+    if enabled:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      self._tf = tf
+      self._writer = tf.summary.create_file_writer(workdir)
+
+  def write(self, step, scalars):
+    if not self.enabled:
+      return
+    with self._writer.as_default():
+      for k, v in scalars.items():
+        self._tf.summary.scalar(k, float(v), step=step)
+    self._writer.flush()
+
+  def close(self):
+    if self.enabled:
+      self._writer.close()
+
+
+def train_and_evaluate(config, workdir, *, stop_after_steps=None):
+  """Trains config.method until its last step, resuming from workdir.
+
+  Args:
+    config: a locked ConfigDict (configs/<method>.py).
+    workdir: checkpoints, config.json and TensorBoard logs go here.
+    stop_after_steps: stop (after checkpointing) once this many steps ran in
+      THIS call: simulates a preemption in tests.
+  Returns:
+    dict(step=..., metrics=last logged metrics, state=the final TrainState).
+  """
+  process = jax.process_index()
+  is_chief = process == 0
+  mesh = make_mesh()
+  num_devices = jax.device_count()
+  if config.batch_size % num_devices:
+    raise ValueError(f'config.batch_size={config.batch_size} is not divisible by '
+                     f'the {num_devices} devices; choose a multiple of {num_devices}.')
+
+  manifest = input_pipeline.read_manifest(config.data.dir)
+  num_examples = int(manifest['num_examples'])
+  total_steps, warmup_steps, steps_per_epoch = optim.steps_from_config(
+      config, num_examples)
+  schedule = optim.learning_rate_schedule(config, total_steps, warmup_steps)
+  tx = optim.make_optimizer(config, schedule)
+  method = methods_lib.get_method(config)
+
+  os.makedirs(workdir, exist_ok=True)
+  ckpt_lib.check_config_matches(workdir, config)
+  checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
+  start_step = checkpointer.latest_step() or 0
+  if start_step >= total_steps:
+    logging.info('training is finished: %s has the checkpoint of step %d of %d; '
+                 'nothing to do (use a new --workdir to train again).',
+                 checkpointer.directory, start_step, total_steps)
+    checkpointer.close()
+    return dict(step=start_step, metrics={}, state=None, finished=True)
+  if is_chief:
+    ckpt_lib.save_config(workdir, config)
+
+  logging.info('%s: %d examples, global batch %d over %d devices (%d processes): '
+               '%d steps (%.1f epochs), %d warmup; peak LR %.4g',
+               config.method, num_examples, config.batch_size, num_devices,
+               jax.process_count(), total_steps, total_steps / steps_per_epoch,
+               warmup_steps, optim.peak_learning_rate(config))
+
+  batches = input_pipeline.make_pretrain_iterator(
+      config.data, global_batch_size=config.batch_size, seed=config.seed,
+      start_step=start_step, process_index=process,
+      process_count=jax.process_count(), num_local_devices=jax.local_device_count())
+  first = next(batches)
+  state = init_state(method, tx, config, first, mesh)
+  logging.info('parameters: online %s, target %s',
+               f'{state_lib.num_params(state.online_params):,}',
+               f'{state_lib.num_params(state.target_params):,}')
+  if start_step:
+    logging.info('resuming from step %d (%s)', start_step, checkpointer.directory)
+    state, meta = checkpointer.restore(start_step, state)
+    if int(meta.get('data_step', start_step)) != start_step:
+      raise ValueError(f'{checkpointer.directory}/{start_step}: data position '
+                       f'{meta["data_step"]} does not match the step')
+  else:
+    logging.info('starting from scratch in %s', workdir)
+
+  train_step = compile_train_step(method, tx, schedule, total_steps,
+                                  config.ema.base, mesh)
+  writer = MetricWriter(workdir, is_chief)
+
+  def save(step):
+    checkpointer.save(step, state, dict(
+        step=step, data_step=step, total_steps=total_steps, method=config.method,
+        seed=config.seed, epoch=step / steps_per_epoch))
+
+  step = start_step
+  pending = collections.deque()          # (step, device metrics), one behind.
+  window = dict(t0=None, steps=0, wait=0.0)
+  timing = dict(compile_done=None, steps_after_compile=0)
+  last_metrics = {}
+  local_batch = first
+  ran = 0
+
+  def check_finite(step_done, metrics):
+    # The loss alone can stay finite (normalisation clamps NaN features)
+    # while gradients and weights are not: check all three.
+    values = {k: float(metrics[k]) for k in ('loss', 'grad_norm', 'param_norm')}
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    if bad:
+      checkpointer.wait()
+      good = checkpointer.latest_step()
+      raise NonFiniteLossError(
+          f'non-finite training values at step {step_done} ({bad}): stopping. '
+          f'The last good checkpoint (step {good}) is kept in '
+          f'{checkpointer.directory}. Lower config.optimizer.base_lr, raise '
+          'config.warmup_epochs, use config.model.dtype=float32, or check the '
+          'input data.')
+    return values['loss']
+
+  try:
+    while step < total_steps:
+      t_wait = time.perf_counter()
+      if local_batch is None:
+        local_batch = next(batches)
+      batch = global_batch(local_batch, mesh)
+      local_batch = None
+      wait = time.perf_counter() - t_wait
+      state, metrics = train_step(state, batch)
+      step += 1
+      ran += 1
+      pending.append((step, metrics))
+      # Check the previous step's loss while this one runs (no pipeline stall).
+      while len(pending) > 1:
+        done_step, m = pending.popleft()
+        check_finite(done_step, jax.device_get(m))
+
+      if timing['compile_done'] is None:
+        jax.block_until_ready(metrics)
+        timing['compile_done'] = time.perf_counter()
+        window.update(t0=timing['compile_done'], steps=0, wait=0.0)
+        logging.info('step 1 compiled and ran in %.1fs', timing['compile_done'] - t_wait)
+      else:
+        window['steps'] += 1
+        window['wait'] += wait
+        timing['steps_after_compile'] += 1
+
+      is_last = step == total_steps
+      stop_now = stop_after_steps is not None and ran >= stop_after_steps
+      if step % config.log_every_steps == 0 or is_last or stop_now:
+        m = jax.device_get(metrics)
+        check_finite(step, m)
+        now = time.perf_counter()
+        scalars = {f'train/{k}': float(v) for k, v in m.items()}
+        if window['steps']:
+          dt = (now - window['t0']) / window['steps']
+          scalars.update({
+              'perf/step_time_s': dt,
+              'perf/images_per_s': config.batch_size / dt,
+              'perf/images_per_s_per_device': config.batch_size / dt / num_devices,
+              'perf/data_wait_fraction': window['wait'] / (now - window['t0']),
+          })
+        scalars['train/epoch'] = step / steps_per_epoch
+        writer.write(step, scalars)
+        last_metrics = scalars
+        eta = ''
+        if timing['steps_after_compile']:
+          per_step = (now - timing['compile_done']) / timing['steps_after_compile']
+          eta = f' | ETA {_format_duration(per_step * (total_steps - step))}'
+        perf = ''
+        if 'perf/step_time_s' in scalars:
+          perf = (f' | {scalars["perf/images_per_s"]:.1f} img/s'
+                  f' | {scalars["perf/step_time_s"]:.2f} s/step'
+                  f' | data wait {100 * scalars["perf/data_wait_fraction"]:.0f}%')
+        logging.info('step %d/%d (%.0f%%) | epoch %.2f | loss %.4f | lr %.4g%s%s',
+                     step, total_steps, 100 * step / total_steps,
+                     step / steps_per_epoch, scalars['train/loss'],
+                     scalars['train/learning_rate'], perf, eta)
+        window.update(t0=time.perf_counter(), steps=0, wait=0.0)
+
+      if step % config.ckpt_every_steps == 0 or is_last or stop_now:
+        # Never checkpoint a state whose loss was not finite.
+        check_finite(step, jax.device_get(metrics))
+        pending.clear()
+        save(step)
+        logging.info('saving checkpoint of step %d (async)', step)
+      if stop_now and not is_last:
+        logging.info('stopping after %d steps in this run (stop_after_steps)', ran)
+        break
+  finally:
+    checkpointer.close()
+    writer.close()
+
+  if step == total_steps:
+    logging.info('training finished: step %d of %d; checkpoints in %s, '
+                 'TensorBoard logs in %s', step, total_steps,
+                 checkpointer.directory, workdir)
+  return dict(step=step, metrics=last_metrics, state=state,
+              finished=step == total_steps)

@@ -1,0 +1,210 @@
+"""The trainer: optimiser masks and schedules, device-count invariance, exact
+resume, NaN stop, and one real step of each method through the real pipeline.
+
+Runs on 4 simulated CPU devices (conftest.py).
+"""
+
+import json
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from configs import byol, detcon_b, detcon_s, simclr
+from dense_ssl import methods
+from dense_ssl import optim
+from dense_ssl import train
+from dense_ssl.methods.base import AXIS
+from tests import mask_records
+from tests.test_methods import fake_batch
+
+CONFIGS = dict(byol=byol, simclr=simclr, detcon_b=detcon_b, detcon_s=detcon_s)
+
+
+def make_config(name, data_dir='', **overrides):
+  c = CONFIGS[name].get_config('test')
+  c.data.dir = data_dir
+  for k, v in overrides.items():
+    node = c
+    *path, last = k.split('.')
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  """16 tiny images with blocky GT masks, in 4 shards."""
+  out = str(tmp_path_factory.mktemp('masks'))
+  r = np.random.default_rng(0)
+  examples = []
+  for i in range(16):
+    gt = np.repeat(np.repeat(r.integers(0, 4, (4, 4)), 20, 0), 20, 1)
+    image = (r.integers(0, 256, (80, 80, 3)) // 2 + 60 * gt[..., None]).astype(np.uint8)
+    examples.append(dict(id=f'ex{i}', image=image, masks={'gt': gt.astype(np.int32)}))
+  mask_records.write_mask_dataset(out, examples, num_shards=4)
+  return out
+
+
+# ------------------------------------------------------------------- optim ---
+
+def test_decay_mask_excludes_biases_and_batchnorm():
+  config = make_config('byol')
+  method = methods.get_method(config)
+  params = method.init(jax.random.key(0), fake_batch(2, 0))['online']['params']
+  mask = optim.decay_mask(params)
+  flat = {'/'.join(str(k.key) for k in path): v
+          for path, v in jax.tree_util.tree_leaves_with_path(mask)}
+  assert flat['encoder/conv1/kernel']
+  assert flat['encoder/layer1_0/conv2/kernel']
+  assert flat['projector/linear1/kernel']
+  for name in ('encoder/bn1/scale', 'encoder/bn1/bias', 'encoder/layer4_1/bn2/scale',
+               'projector/bn1/bias', 'projector/linear1/bias', 'predictor/linear2/bias'):
+    assert not flat[name], name
+  # With zero gradients LARS only applies weight decay: masked leaves stay put.
+  tx = optim.make_optimizer(config, lambda s: 1.0)
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  for path, u in jax.tree_util.tree_leaves_with_path(updates):
+    name = '/'.join(str(k.key) for k in path)
+    if flat[name]:
+      assert float(jnp.abs(u).max()) > 0, name
+    else:
+      assert float(jnp.abs(u).max()) == 0, name
+
+
+def test_learning_rate_schedule_and_steps():
+  config = make_config('detcon_b', batch_size=512, total_steps=0, total_epochs=10.0,
+                       warmup_epochs=1.0, **{'optimizer.base_lr': 0.2})
+  total, warmup, per_epoch = optim.steps_from_config(config, num_examples=5120)
+  assert (total, warmup, per_epoch) == (100, 10, 10.0)
+  lr = optim.learning_rate_schedule(config, total, warmup)
+  peak = 0.2 * 512 / 256
+  np.testing.assert_allclose(float(lr(0)), 0.0)
+  np.testing.assert_allclose(float(lr(5)), peak / 2, rtol=1e-6)
+  np.testing.assert_allclose(float(lr(10)), peak, rtol=1e-6)
+  np.testing.assert_allclose(float(lr(55)), peak / 2, rtol=1e-6)  # Cosine midpoint.
+  np.testing.assert_allclose(float(lr(100)), 0.0, atol=1e-7)
+  config.total_steps = 7
+  assert optim.steps_from_config(config, 5120)[0] == 7
+
+
+def test_ema_tau_schedule():
+  base = 0.996
+  np.testing.assert_allclose(float(optim.ema_tau(0, 100, base)), base, rtol=1e-7)
+  np.testing.assert_allclose(float(optim.ema_tau(50, 100, base)), 1 - 0.004 / 2, rtol=1e-7)
+  np.testing.assert_allclose(float(optim.ema_tau(100, 100, base)), 1.0, rtol=1e-7)
+  k = 30
+  want = 1 - (1 - base) * (np.cos(np.pi * k / 100) + 1) / 2
+  np.testing.assert_allclose(float(optim.ema_tau(k, 100, base)), want, rtol=1e-7)
+
+
+# ---------------------------------------------------- devices and the step ---
+
+def one_step(config, batch, num_devices):
+  mesh = Mesh(np.asarray(jax.devices()[:num_devices]), (AXIS,))
+  method = methods.get_method(config)
+  schedule = optim.learning_rate_schedule(config, 10, 0)
+  tx = optim.make_optimizer(config, schedule)
+  local = {k: v.reshape((num_devices, -1) + v.shape[1:]) for k, v in batch.items()}
+  state = train.init_state(method, tx, config, local, mesh)
+  before = jax.device_get(state)
+  step = train.compile_train_step(method, tx, schedule, 10, config.ema.base, mesh)
+  state, metrics = step(state, train.global_batch(local, mesh))
+  return before, jax.device_get(state), jax.device_get(metrics)
+
+
+@pytest.mark.parametrize('name', ['detcon_b', 'detcon_s'])
+def test_one_device_equals_four_devices(name):
+  """Same global batch: same loss and update (cross-replica BN, gathers, pmean)."""
+  config = make_config(name, **{'optimizer.base_lr': 2.0})
+  batch = fake_batch(8, 1)
+  before, s1, m1 = one_step(config, batch, 1)
+  _, s4, m4 = one_step(config, batch, 4)
+  np.testing.assert_allclose(m1['loss'], m4['loss'], rtol=1e-5)
+  moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), s1.online_params,
+                       before.online_params)
+  assert max(jax.tree.leaves(moved)) > 1e-4  # The step did update the weights.
+  for a, b in [(s1.online_params, s4.online_params),
+               (s1.online_batch_stats, s4.online_batch_stats),
+               (s1.target_params, s4.target_params)]:
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5),
+                 a, b)
+  if name == 'detcon_b':
+    # BYOL's EMA: xi_1 = tau_0 xi_0 + (1 - tau_0) theta_1, and xi_0 = theta_0.
+    tau = float(optim.ema_tau(0, 10, config.ema.base))
+    np.testing.assert_allclose(m1['tau'], tau, rtol=1e-7)
+    jax.tree.map(
+        lambda t, o0, o1: np.testing.assert_allclose(
+            t, tau * o0 + (1 - tau) * o1, rtol=1e-5, atol=1e-7),
+        s1.target_params,
+        {k: before.online_params[k] for k in s1.target_params},
+        {k: s1.online_params[k] for k in s1.target_params})
+
+
+# ------------------------------------------- the whole trainer, real data ---
+
+@pytest.mark.parametrize('name', ['byol', 'simclr', 'detcon_s'])
+def test_one_real_step_of_each_method(name, data_dir, tmp_path):
+  config = make_config(name, data_dir, total_steps=1)
+  out = train.train_and_evaluate(config, str(tmp_path))
+  assert out['finished'] and out['step'] == 1
+  assert np.isfinite(out['metrics']['train/loss'])
+  assert os.path.isdir(tmp_path / 'checkpoints' / '1')
+  with open(tmp_path / 'config.json') as f:
+    assert json.load(f)['method'] == name
+
+
+def test_kill_and_resume_is_exact(data_dir, tmp_path, caplog):
+  """DetCon-B (one real step of it too): 2 + 2 steps == 4 steps, bit for bit."""
+  config = make_config('detcon_b', data_dir, total_steps=4, ckpt_every_steps=2,
+                       **{'optimizer.base_lr': 1.0})
+  full = train.train_and_evaluate(config, str(tmp_path / 'full'))
+  part = train.train_and_evaluate(config, str(tmp_path / 'resumed'), stop_after_steps=2)
+  assert part['step'] == 2 and not part['finished']
+  with caplog.at_level(logging.INFO):
+    resumed = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  assert 'resuming from step 2' in caplog.text
+  assert resumed['finished'] and resumed['step'] == 4
+  a, b = jax.device_get(full['state']), jax.device_get(resumed['state'])
+  for x, y in [(a.online_params, b.online_params), (a.target_params, b.target_params),
+               (a.opt_state, b.opt_state), (a.online_batch_stats, b.online_batch_stats)]:
+    jax.tree.map(np.testing.assert_array_equal, x, y)
+  assert full['metrics']['train/loss'] == resumed['metrics']['train/loss']
+  # A finished run says so and does nothing.
+  with caplog.at_level(logging.INFO):
+    again = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  assert again['finished'] and 'training is finished' in caplog.text
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path,
+                                                              monkeypatch):
+  config = make_config('byol', data_dir, total_steps=4, ckpt_every_steps=1)
+  real = train.global_batch
+  calls = []
+
+  def poisoned(local_batch, mesh):
+    calls.append(1)
+    if len(calls) == 3:  # Step 3 sees NaN pixels.
+      local_batch = dict(local_batch)
+      local_batch['view1/image'] = np.full_like(local_batch['view1/image'], np.nan)
+    return real(local_batch, mesh)
+
+  monkeypatch.setattr(train, 'global_batch', poisoned)
+  with pytest.raises(train.NonFiniteLossError, match='step 3.*last good checkpoint'):
+    train.train_and_evaluate(config, str(tmp_path))
+  steps = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints') if s.isdigit())
+  assert steps[-1] == 2
+
+
+def test_workdir_of_another_run_is_refused(data_dir, tmp_path):
+  config = make_config('byol', data_dir, total_steps=1)
+  train.train_and_evaluate(config, str(tmp_path))
+  other = make_config('simclr', data_dir, total_steps=1)
+  with pytest.raises(ValueError, match='config.method'):
+    train.train_and_evaluate(other, str(tmp_path))
