@@ -1,17 +1,19 @@
 """The embedded demo dataset: synthetic multi-object scenes with instance masks.
 
 Each scene is a textured background with 3-8 textured objects of five shape
-kinds (ellipse, rectangle, triangle, polygon, star), each object cut from a
-different image shipped inside scikit-image and tinted with its own colour,
-at 10%-50% of the image side, partly occluding one another. The ground-truth
+kinds (ellipse, rectangle, triangle, polygon, star), roughly 8%-45% of the
+image side, each cut from a different image shipped inside scikit-image and
+tinted with its own colour, partly occluding one another. The ground-truth
 map numbers the visible objects 1..N in paint order (0 = background): these
-are DetCon's "oracle" masks, so objects are painted as coherent, distinct
-regions and every one keeps at least MIN_VISIBLE_PIXELS visible pixels.
+are DetCon's "oracle" masks, so objects are painted as coherent regions that
+stand out from the background, and every one keeps at least
+MIN_VISIBLE_PIXELS visible pixels (a candidate that would leave any object
+smaller is dropped before painting). GT is exactly the painted regions: no
+antialiasing, no blur.
 
 Pure and deterministic: scene `index` of `seed` depends only on
 np.random.default_rng([seed, index]), so it is the same bytes whatever the
-process, call order or machine (numpy's PCG64 and scikit-image's drawing
-are platform independent).
+process or call order (for given numpy and scikit-image versions).
 
   image, gt = generate_scene(7)            # uint8 [128, 128, 3], int32 [128, 128]
   for image_id, image, gt in iterate_scenes(2000): ...
@@ -26,20 +28,27 @@ from skimage import transform
 
 DEFAULT_NUM_EXAMPLES = 2000
 DEFAULT_SIZE = 128
+MIN_SIZE = 32
 MIN_VISIBLE_PIXELS = 20
+MIN_OBJECTS, MAX_OBJECTS = 3, 8
 SHAPES = ('ellipse', 'rectangle', 'triangle', 'polygon', 'star')
 
-# Images inside the scikit-image wheel (no download): natural photos and
-# textures. Grey ones are tinted; colour ones are colour-shifted.
+# Images inside the scikit-image wheel that load offline (no pooch download):
+# natural photos and textures. Grey ones are tinted; colour ones keep a little
+# of their own colour.
 _TEXTURES = ('brick', 'grass', 'gravel', 'camera', 'moon', 'coins', 'cell',
              'clock', 'page', 'text', 'astronaut', 'coffee', 'chelsea', 'rocket',
              'hubble_deep_field', 'immunohistochemistry', 'retina', 'colorwheel')
 _TEXTURE_SIDE = 192
+_MAX_ATTEMPTS = 100
 
 
 @functools.lru_cache(maxsize=None)
-def textures():
-  """The texture images as float32 [192, 192, 3] in [0, 1] (cached per process)."""
+def textures(side=_TEXTURE_SIDE):
+  """The textures: a tuple of (rgb float32 [side, side, 3], luminance [side, side]).
+
+  Loaded and resized once per process and side; values in [0, 1].
+  """
   out = []
   for name in _TEXTURES:
     im = np.asarray(getattr(skdata, name)(), np.float32)
@@ -52,14 +61,14 @@ def textures():
     h, w = im.shape[:2]
     s = min(h, w)
     im = im[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
-    im = transform.resize(im, (_TEXTURE_SIDE, _TEXTURE_SIDE), order=1,
-                          anti_aliasing=True, preserve_range=True)
-    out.append(im.astype(np.float32))
+    im = transform.resize(im, (side, side), order=1, anti_aliasing=True,
+                          preserve_range=True).astype(np.float32)
+    out.append((im, im.mean(-1)))
   return tuple(out)
 
 
 def _hsv_to_rgb(h, s, v):
-  """One colour: h, s, v in [0, 1] -> float [3]."""
+  """One colour: h, s, v in [0, 1] -> float32 [3]."""
   i = int(h * 6) % 6
   f = h * 6 - int(h * 6)
   p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
@@ -67,26 +76,36 @@ def _hsv_to_rgb(h, s, v):
                    (v, p, q)][i], np.float32)
 
 
-def _texture_patch(rng, index, size, hue):
-  """A [size, size, 3] crop of texture `index`, rotated/flipped and tinted."""
-  tex = textures()[index]
-  y, x = rng.integers(0, _TEXTURE_SIDE - size + 1, size=2)
-  patch = tex[y:y + size, x:x + size]
-  patch = np.rot90(patch, int(rng.integers(4)))
-  if rng.random() < 0.5:
-    patch = patch[:, ::-1]
+def _tinted_texture(rng, tex_index, size, hue, where):
+  """Colours float32 [K, 3] of the K pixels `where` of a tinted texture crop.
+
+  The crop is [size, size] from texture `tex_index`, rotated by a multiple of
+  90 degrees and maybe flipped. The same random draws are made whatever
+  `where` is, so the scene does not depend on how much of it is visible.
+  """
+  side = max(_TEXTURE_SIDE, size)
+  rgb, lum = textures(side)[tex_index]
+  y, x = rng.integers(0, side - size + 1, size=2)
+  turns = int(rng.integers(4))
+  flip = rng.random() < 0.5
   tint = _hsv_to_rgb(hue, rng.uniform(0.5, 1.0), rng.uniform(0.7, 1.0))
-  lum = patch.mean(-1, keepdims=True)
+  contrast = rng.uniform(0.5, 1.0)
+
+  def view(a):
+    a = np.rot90(a[y:y + size, x:x + size], turns)
+    return a[:, ::-1] if flip else a
+
+  # Only the visible pixels are gathered and tinted: most of a crop is hidden.
+  pixels, lum = view(rgb)[where], view(lum)[where][:, None]
   # Mostly the tint modulated by the texture's luminance: colour tells the
   # objects apart, the texture makes them look like surfaces, not flat fills.
-  contrast = rng.uniform(0.5, 1.0)
-  out = tint * (1 - contrast + contrast * 1.6 * lum) * 0.8 + 0.2 * patch
+  out = tint * (1 - contrast + contrast * 1.6 * lum) * 0.8 + 0.2 * pixels
   return np.clip(out, 0, 1)
 
 
-def _shape_mask(rng, kind, size):
+def _shape_mask(rng, kind, size, scale=1.0):
   """A boolean [size, size] mask of one object of `kind` at a random place."""
-  r = rng.uniform(0.05, 0.25) * size           # Half-extent: 10%-50% of the side.
+  r = rng.uniform(0.04, 0.225) * size * scale  # Half-extent: 8%-45% of the side.
   cy, cx = rng.uniform(0.1 * size, 0.9 * size, size=2)
   angle = rng.uniform(0, np.pi)
   mask = np.zeros((size, size), bool)
@@ -99,16 +118,17 @@ def _shape_mask(rng, kind, size):
       pts = np.array([[-1, -a], [-1, a], [1, a], [1, -a]], np.float64) * r
     elif kind == 'triangle':
       t = np.array([0, 2 * np.pi / 3, 4 * np.pi / 3]) + rng.uniform(-0.3, 0.3, 3)
-      pts = np.stack([np.sin(t), np.cos(t)], -1) * r * 1.2
+      # Slightly larger: a triangle covers less of its circle than the others.
+      pts = np.stack([np.sin(t), np.cos(t)], -1) * r * 1.15
     elif kind == 'polygon':
       n = int(rng.integers(5, 9))
       t = np.sort(rng.uniform(0, 2 * np.pi, n))
       pts = np.stack([np.sin(t), np.cos(t)], -1) * r * rng.uniform(0.75, 1.0, (n, 1))
-    else:  # star
+    else:  # Star: alternating outer and inner vertices.
       n = int(rng.integers(4, 7))
       t = np.arange(2 * n) * np.pi / n
       rad = np.where(np.arange(2 * n) % 2 == 0, 1.0, rng.uniform(0.35, 0.6))
-      pts = np.stack([np.sin(t), np.cos(t)], -1) * r * 1.2 * rad[:, None]
+      pts = np.stack([np.sin(t), np.cos(t)], -1) * r * 1.15 * rad[:, None]
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     pts = pts @ rot.T + [cy, cx]
     rr, cc = draw.polygon(pts[:, 0], pts[:, 1], shape=mask.shape)
@@ -116,61 +136,80 @@ def _shape_mask(rng, kind, size):
   return mask
 
 
-def _owners(masks):
-  """Paint order -> [H, W] index of the top object (-1 = background)."""
-  owner = np.full(masks[0].shape, -1, np.int32)
+def _owners(masks, size):
+  """Paint order -> int32 [size, size] index of the top object (-1 = background)."""
+  owner = np.full((size, size), -1, np.int32)
   for i, m in enumerate(masks):
     owner[m] = i
   return owner
 
 
 def generate_scene_with_classes(index, seed=0, size=DEFAULT_SIZE):
-  """Scene `index` of `seed`: (image uint8 [S, S, 3], gt int32 [S, S], classes).
+  """Scene `index` of `seed`, with the shape kind of each object.
 
-  gt: 0 background, 1..N the visible objects in paint order (3 <= N <= 8).
-  classes: int32 [N], the shape kind of each object (an index into SHAPES).
+  Args:
+    index: scene number (any int >= 0).
+    seed: dataset seed; scenes of different seeds are independent.
+    size: image side in pixels (>= MIN_SIZE).
+
+  Returns:
+    image: uint8 [size, size, 3].
+    gt: int32 [size, size]; 0 background, 1..N the visible objects in paint
+      order (MIN_OBJECTS <= N <= MAX_OBJECTS), each >= MIN_VISIBLE_PIXELS.
+    classes: int32 [N], object i + 1's shape kind (an index into SHAPES).
   """
+  if size < MIN_SIZE:
+    raise ValueError(f'demo scenes need size >= {MIN_SIZE} (objects of at least'
+                     f' {MIN_VISIBLE_PIXELS} pixels), got {size}.')
   rng = np.random.default_rng([seed, index])
-  num_tex = len(textures())
-  target = int(rng.integers(3, 9))
+  num_tex = len(_TEXTURES)
+  target = int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))
   bg_tex = int(rng.integers(num_tex))
   bg_hue = rng.random()
   masks, kinds = [], []
-  for _ in range(60):                          # Attempts; ~target are enough.
+  for attempt in range(_MAX_ATTEMPTS):
     if len(masks) == target:
       break
+    # Crowded scenes: later candidates are smaller, so the minimum is reached.
+    scale = 1.0 if attempt < _MAX_ATTEMPTS // 2 else 0.5
     kind = int(rng.integers(len(SHAPES)))
-    m = _shape_mask(rng, SHAPES[kind], size)
-    owner = _owners(masks + [m])
+    m = _shape_mask(rng, SHAPES[kind], size, scale)
+    owner = _owners(masks + [m], size)
     counts = np.bincount(owner.ravel() + 1, minlength=len(masks) + 2)[1:]
     # Keep it only if every object (old and new) stays clearly visible.
     if counts.min() >= MIN_VISIBLE_PIXELS:
       masks.append(m)
       kinds.append(kind)
-  owner = _owners(masks) if masks else np.full((size, size), -1, np.int32)
-  image = _texture_patch(rng, bg_tex, size, bg_hue)
-  image *= rng.uniform(0.55, 0.8)              # Backgrounds a little darker.
+  if len(masks) < MIN_OBJECTS:  # Never seen for size >= MIN_SIZE; fail loudly.
+    raise RuntimeError(f'demo scene {index} (seed {seed}, size {size}) placed only'
+                       f' {len(masks)} objects.')
+  owner = _owners(masks, size)
+  image = np.empty((size, size, 3), np.float32)
+  bg = owner < 0
+  # Backgrounds a little darker, so the objects read as foreground.
+  image[bg] = _tinted_texture(rng, bg_tex, size, bg_hue, bg) * rng.uniform(0.55, 0.8)
   for i in range(len(masks)):
     tex = int((bg_tex + 1 + rng.integers(num_tex - 1)) % num_tex)  # Not the bg's.
     # Hues kept away from the background's so objects stand out from it.
     hue = (bg_hue + rng.uniform(0.2, 0.8)) % 1.0
-    patch = _texture_patch(rng, tex, size, hue)
     sel = owner == i
-    image[sel] = patch[sel]
-  noise = rng.normal(0, 0.02, image.shape).astype(np.float32)
-  image = np.clip(image + noise, 0, 1)
-  image = (image * 255 + 0.5).astype(np.uint8)
-  gt = (owner + 1).astype(np.int32)
-  return image, gt, np.asarray(kinds, np.int32)
+    image[sel] = _tinted_texture(rng, tex, size, hue, sel)
+  image += rng.normal(0, 0.02, image.shape).astype(np.float32)  # Sensor noise.
+  image = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+  return image, owner + 1, np.asarray(kinds, np.int32)
 
 
 def generate_scene(index, seed=0, size=DEFAULT_SIZE):
-  """Scene `index` of `seed`: (image uint8 [S, S, 3], gt int32 [S, S])."""
+  """Scene `index` of `seed`: (image uint8 [size, size, 3], gt int32 [size, size]).
+
+  See generate_scene_with_classes.
+  """
   image, gt, _ = generate_scene_with_classes(index, seed, size)
   return image, gt
 
 
 def scene_id(index):
+  """The image id of scene `index`, e.g. 'demo/000123'."""
   return f'demo/{index:06d}'
 
 

@@ -1,64 +1,108 @@
-r"""Writes the demo scenes as a plain folder of PNG images and GT label maps.
+r"""Writes the demo scenes as a plain folder of images and GT label maps.
 
   python -m data_pipeline.make_demo_dataset --out_dir=out/demo/folder \
-      [--num_examples=2000 --seed=0 --image_size=128]
+      [--num_examples=2000 --seed=0 --image_size=128 --format=png]
 
-Layout: OUT/images/demo_000000.png (RGB) and OUT/gt/demo_000000.png (16-bit
-label map, 0 = background, 1..N objects). The mask precompute reads the scenes
-directly with --source=demo; this folder is for other tools, and for
-exercising the folder path: --source=folder:OUT/images --user_masks=OUT/gt.
-Existing files are kept (re-running completes an interrupted run).
+Layout: OUT/images/demo_000000.png (RGB; .jpg with --format=jpeg) and
+OUT/gt/demo_000000.png (16-bit PNG label map, 0 = background, 1..N objects).
+The mask precompute reads the scenes directly with --source=demo; this folder
+is for other tools, and for exercising the folder path:
+--source=folder:OUT/images --user_masks=OUT/gt.
+Existing files are kept, so re-running completes an interrupted run.
 """
 
 import os
+import sys
 import time
 
-from absl import app
 from absl import flags
 import numpy as np
 from PIL import Image
 
 from data_pipeline import demo_dataset
 
-_OUT_DIR = flags.DEFINE_string('out_dir', None, 'Output folder.', required=True)
-_NUM = flags.DEFINE_integer('num_examples', demo_dataset.DEFAULT_NUM_EXAMPLES,
-                            'Number of scenes.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Scene seed.')
-_SIZE = flags.DEFINE_integer('image_size', demo_dataset.DEFAULT_SIZE, 'Scene side.')
+# A private flag set: other tools define --num_examples, --seed, --image_size
+# on the global one, and main() can be called more than once (tests).
+FLAGS = flags.FlagValues()
+flags.DEFINE_string('out_dir', None, 'Output folder (created).', flag_values=FLAGS)
+flags.DEFINE_integer('num_examples', demo_dataset.DEFAULT_NUM_EXAMPLES,
+                     'Number of scenes.', flag_values=FLAGS)
+flags.DEFINE_integer('seed', 0, 'Scene seed.', flag_values=FLAGS)
+flags.DEFINE_integer('image_size', demo_dataset.DEFAULT_SIZE, 'Scene side in pixels.',
+                     flag_values=FLAGS)
+flags.DEFINE_enum('format', 'png', ['png', 'jpeg'], 'Image file format (the GT maps'
+                  ' are always 16-bit PNG; jpeg is lossy).', flag_values=FLAGS)
+
+_EXTENSIONS = {'png': '.png', 'jpeg': '.jpg'}
 
 
-def write_png_atomic(path, array):
-  tmp = path + '.tmp.png'
-  Image.fromarray(array).save(tmp, format='PNG')
+def _save_atomic(path, array, fmt, **kwargs):
+  # Write then rename: an interrupted run never leaves a truncated file that
+  # the skip-existing check would keep.
+  tmp = path + '.tmp'
+  Image.fromarray(array).save(tmp, format=fmt, **kwargs)
   os.replace(tmp, path)
 
 
-def write_folder(out_dir, num_examples, seed=0, size=demo_dataset.DEFAULT_SIZE):
-  """Writes the scenes; returns (written, kept) counts."""
+def write_folder(out_dir, num_examples, seed=0, size=demo_dataset.DEFAULT_SIZE,
+                 image_format='png'):
+  """Writes scenes 0 .. num_examples - 1 that are not there yet.
+
+  Args:
+    out_dir: folder; gets images/ and gt/ subfolders.
+    num_examples: number of scenes.
+    seed: scene seed (demo_dataset.generate_scene).
+    size: image side.
+    image_format: 'png' or 'jpeg'.
+
+  Returns:
+    (written, kept): scenes written now, scenes already there.
+  """
+  ext = _EXTENSIONS[image_format]
   for sub in ('images', 'gt'):
     os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
   written = kept = 0
   for i in range(num_examples):
-    name = f'demo_{i:06d}.png'
-    image_path = os.path.join(out_dir, 'images', name)
-    gt_path = os.path.join(out_dir, 'gt', name)
+    stem = f'demo_{i:06d}'
+    image_path = os.path.join(out_dir, 'images', stem + ext)
+    gt_path = os.path.join(out_dir, 'gt', stem + '.png')
     if os.path.exists(image_path) and os.path.exists(gt_path):
       kept += 1
       continue
     image, gt = demo_dataset.generate_scene(i, seed, size)
-    write_png_atomic(image_path, image)
-    write_png_atomic(gt_path, gt.astype(np.uint16))
+    kwargs = {'quality': 95} if image_format == 'jpeg' else {}
+    _save_atomic(image_path, image, image_format.upper(), **kwargs)
+    _save_atomic(gt_path, gt.astype(np.uint16), 'PNG')  # <= 8 ids; 16-bit by contract.
     written += 1
   return written, kept
 
 
-def main(argv):
-  del argv
-  t = time.time()
-  written, kept = write_folder(_OUT_DIR.value, _NUM.value, _SEED.value, _SIZE.value)
-  print(f'demo scenes in {_OUT_DIR.value}: {written} written, {kept} already there '
-        f'({time.time() - t:.1f}s)')
+def main(argv=None):
+  """The command line; returns the exit status (0 ok, 2 usage)."""
+  argv = list(sys.argv if argv is None else argv)
+  if any(a in ('-h', '--help', '-help', '--helpfull') for a in argv[1:]):
+    print(__doc__)
+    print(FLAGS.get_help())
+    return 0
+  FLAGS.unparse_flags()
+  try:
+    rest = FLAGS(argv)
+  except flags.Error as e:
+    print(f'make_demo_dataset: error: {e}', file=sys.stderr)
+    return 2
+  if len(rest) > 1 or not FLAGS.out_dir:
+    print('make_demo_dataset: error: usage: python -m data_pipeline.make_demo_dataset'
+          ' --out_dir=DIR [--num_examples=N --seed=S --image_size=S --format=png]'
+          + (f' (unexpected arguments {rest[1:]})' if len(rest) > 1 else ''),
+          file=sys.stderr)
+    return 2
+  start = time.time()
+  written, kept = write_folder(FLAGS.out_dir, FLAGS.num_examples, FLAGS.seed,
+                               FLAGS.image_size, FLAGS.format)
+  print(f'demo scenes (seed {FLAGS.seed}, {FLAGS.image_size}px) in {FLAGS.out_dir}:'
+        f' {written} written, {kept} already there, in {time.time() - start:.1f}s')
+  return 0
 
 
 if __name__ == '__main__':
-  app.run(main)
+  sys.exit(main())

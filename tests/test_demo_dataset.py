@@ -1,11 +1,18 @@
-"""The demo scenes: deterministic, meaningful objects, consistent GT."""
+"""The demo scenes: deterministic, meaningful objects, consistent GT, and the CLI."""
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
 import pytest
+from scipy import ndimage
 
 from data_pipeline import demo_dataset
 from data_pipeline import make_demo_dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_same_scene_same_bytes_whatever_the_order():
@@ -15,16 +22,22 @@ def test_same_scene_same_bytes_whatever_the_order():
   b_image, b_gt = demo_dataset.generate_scene(5, seed=3)
   assert a_image.tobytes() == b_image.tobytes()
   assert a_gt.tobytes() == b_gt.tobytes()
-  c_image, _ = demo_dataset.generate_scene(5, seed=4)
-  assert c_image.tobytes() != a_image.tobytes()
   ids = [i for i, _, _ in demo_dataset.iterate_scenes(3, seed=3, start=4)]
   assert ids == ['demo/000004', 'demo/000005', 'demo/000006']
-  _, it_image, _ = list(demo_dataset.iterate_scenes(2, seed=3, start=4))[1]
+  _, it_image, it_gt = list(demo_dataset.iterate_scenes(2, seed=3, start=4))[1]
   assert it_image.tobytes() == a_image.tobytes()
+  assert it_gt.tobytes() == a_gt.tobytes()
+
+
+def test_seeds_and_indices_give_different_scenes():
+  a, _ = demo_dataset.generate_scene(5, seed=3)
+  assert a.tobytes() != demo_dataset.generate_scene(5, seed=4)[0].tobytes()
+  assert a.tobytes() != demo_dataset.generate_scene(6, seed=3)[0].tobytes()
 
 
 @pytest.mark.parametrize('size', [64, 128])
 def test_scene_structure(size):
+  seen_kinds = set()
   for index in range(12):
     image, gt, classes = demo_dataset.generate_scene_with_classes(index, 0, size)
     assert image.shape == (size, size, 3) and image.dtype == np.uint8
@@ -35,31 +48,51 @@ def test_scene_structure(size):
     # Background present, object ids consecutive 1..N, one class per object.
     np.testing.assert_array_equal(ids, np.arange(n + 1))
     assert classes.shape == (n,) and classes.max() < len(demo_dataset.SHAPES)
+    seen_kinds.update(classes.tolist())
     counts = np.bincount(gt.ravel())
     assert counts[1:].min() >= demo_dataset.MIN_VISIBLE_PIXELS
+  assert len(seen_kinds) >= 4
 
 
-def test_objects_stand_out_from_the_background():
-  """Most objects differ in mean colour from the background around them."""
+def test_objects_stand_out_from_the_background_around_them():
+  """Mean colour inside an object vs the background in a 3-pixel ring around it."""
   distinct = total = 0
-  for index in range(20):
-    image, gt = demo_dataset.generate_scene(index)
+  for index in range(16):
+    image, gt = demo_dataset.generate_scene(index, size=64)
     image = image.astype(np.float32)
-    background = image[gt == 0].mean(0)
     for i in range(1, gt.max() + 1):
+      inside = gt == i
+      ring = ndimage.binary_dilation(inside, iterations=3) & (gt == 0)
+      if ring.sum() < 10:  # Surrounded by other objects.
+        continue
       total += 1
-      if np.abs(image[gt == i].mean(0) - background).max() > 20:
+      if np.abs(image[inside].mean(0) - image[ring].mean(0)).max() > 30:
         distinct += 1
-  assert distinct / total > 0.85, (distinct, total)
+  assert total > 40 and distinct / total > 0.9, (distinct, total)
 
 
-def test_folder_writer_round_trip(tmp_path):
-  out = str(tmp_path)
-  assert make_demo_dataset.write_folder(out, 4, seed=1, size=64) == (4, 0)
-  assert make_demo_dataset.write_folder(out, 5, seed=1, size=64) == (1, 4)
+def test_small_sizes_are_refused():
+  with pytest.raises(ValueError, match='size >= 32'):
+    demo_dataset.generate_scene(0, size=16)
+
+
+def test_cli_writes_a_folder_that_reads_back_identically(tmp_path, capsys):
+  out = tmp_path / 'demo'
+  # A separate process: also checks the scenes do not depend on the process.
+  subprocess.run([sys.executable, '-m', 'data_pipeline.make_demo_dataset',
+                  f'--out_dir={out}', '--num_examples=5', '--seed=1', '--image_size=64'],
+                 cwd=ROOT, check=True, capture_output=True)
   for i in range(5):
     image, gt = demo_dataset.generate_scene(i, 1, 64)
-    read_image = np.asarray(Image.open(tmp_path / 'images' / f'demo_{i:06d}.png'))
-    read_gt = np.asarray(Image.open(tmp_path / 'gt' / f'demo_{i:06d}.png'))
-    np.testing.assert_array_equal(read_image, image)
-    np.testing.assert_array_equal(read_gt.astype(np.int32), gt)
+    read_image = Image.open(out / 'images' / f'demo_{i:06d}.png')
+    read_gt = Image.open(out / 'gt' / f'demo_{i:06d}.png')
+    assert read_image.mode == 'RGB' and read_gt.mode == 'I;16'
+    np.testing.assert_array_equal(np.asarray(read_image), image)
+    np.testing.assert_array_equal(np.asarray(read_gt).astype(np.int32), gt)
+  # Idempotent: a re-run keeps the 5 and writes only the new one.
+  argv = ['make_demo_dataset', f'--out_dir={out}', '--num_examples=6', '--seed=1',
+          '--image_size=64']
+  assert make_demo_dataset.main(argv) == 0
+  assert '1 written, 5 already there' in capsys.readouterr().out
+  assert sorted(os.listdir(out / 'images')) == [f'demo_{i:06d}.png' for i in range(6)]
+  assert make_demo_dataset.main(['make_demo_dataset']) == 2  # No --out_dir.
