@@ -163,6 +163,8 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
   Returns:
     dict(step=..., metrics=last logged metrics, state=the final TrainState).
   """
+  if '://' not in workdir:  # Orbax wants absolute local paths (gs:// as is).
+    workdir = os.path.abspath(workdir)
   process = jax.process_index()
   is_chief = process == 0
   mesh = make_mesh()
@@ -226,7 +228,8 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
         seed=config.seed, epoch=step / steps_per_epoch))
 
   step = start_step
-  pending = collections.deque()          # (step, device metrics), one behind.
+  pending = collections.deque()          # (step, device metrics) not yet read.
+  logged = []                            # Host metrics since the last log line.
   window = dict(t0=None, steps=0, wait=0.0)
   timing = dict(compile_done=None, steps_after_compile=0)
   last_metrics = {}
@@ -249,6 +252,14 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
           'input data.')
     return values['loss']
 
+  def drain(keep):
+    """Reads (and checks) all pending step metrics but the last `keep`."""
+    while len(pending) > keep:
+      done_step, m = pending.popleft()
+      m = jax.device_get(m)
+      check_finite(done_step, m)
+      logged.append(m)
+
   try:
     while step < total_steps:
       t_wait = time.perf_counter()
@@ -261,10 +272,8 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
       step += 1
       ran += 1
       pending.append((step, metrics))
-      # Check the previous step's loss while this one runs (no pipeline stall).
-      while len(pending) > 1:
-        done_step, m = pending.popleft()
-        check_finite(done_step, jax.device_get(m))
+      # Read the previous step's metrics while this one runs (no stall).
+      drain(keep=1)
 
       if timing['compile_done'] is None:
         jax.block_until_ready(metrics)
@@ -279,10 +288,14 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
       is_last = step == total_steps
       stop_now = stop_after_steps is not None and ran >= stop_after_steps
       if step % config.log_every_steps == 0 or is_last or stop_now:
-        m = jax.device_get(metrics)
-        check_finite(step, m)
+        drain(keep=0)
         now = time.perf_counter()
-        scalars = {f'train/{k}': float(v) for k, v in m.items()}
+        # Means over the steps since the last log line: smoother curves.
+        scalars = {f'train/{k}': float(np.mean([m[k] for m in logged]))
+                   for k in logged[-1]}
+        scalars['train/learning_rate'] = float(logged[-1]['learning_rate'])
+        scalars['train/tau'] = float(logged[-1]['tau'])
+        logged.clear()
         if window['steps']:
           dt = (now - window['t0']) / window['steps']
           scalars.update({
@@ -310,9 +323,7 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
         window.update(t0=time.perf_counter(), steps=0, wait=0.0)
 
       if step % config.ckpt_every_steps == 0 or is_last or stop_now:
-        # Never checkpoint a state whose loss was not finite.
-        check_finite(step, jax.device_get(metrics))
-        pending.clear()
+        drain(keep=0)  # Never checkpoint a state whose loss was not finite.
         save(step)
         logging.info('saving checkpoint of step %d (async)', step)
       if stop_now and not is_last:

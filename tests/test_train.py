@@ -208,3 +208,17 @@ def test_workdir_of_another_run_is_refused(data_dir, tmp_path):
   other = make_config('simclr', data_dir, total_steps=1)
   with pytest.raises(ValueError, match='config.method'):
     train.train_and_evaluate(other, str(tmp_path))
+
+
+def test_main_rejects_a_config_typo_naming_the_key(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  run = subprocess.run(
+      [sys.executable, '-m', 'dense_ssl.main', '--config=configs/detcon_b.py:test',
+       f'--workdir={tmp_path}', '--config.loss.temprature=0.2'],
+      cwd=repo, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert run.returncode != 0
+  assert 'temprature' in run.stderr
+  assert not os.path.exists(tmp_path / 'checkpoints')
