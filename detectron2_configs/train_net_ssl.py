@@ -23,7 +23,7 @@ _TOOLS = os.path.join(_D2, 'tools')
 if not os.path.isfile(os.path.join(_TOOLS, 'train_net.py')):
   sys.exit('detectron2_configs/train_net_ssl.py: set DETECTRON2_DIR to a '
            f'Detectron2 source checkout (no tools/train_net.py under '
-           f'"{_D2}"); see docs/detectron2.md.')
+           f'"{_D2}"); see WORKSPACE.md section 6.')
 # Importable by name, so that the worker processes Detectron2's launch()
 # spawns (they re-import this file) can unpickle train_net.main.
 sys.path.insert(0, _TOOLS)

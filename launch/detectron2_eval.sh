@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fine-tunes and evaluates a converted backbone with Detectron2 (transfer
-# evaluation of docs/detectron2.md). Checks everything first, prints the exact
+# evaluation of WORKSPACE.md section 6). Checks everything first, prints the exact
 # command, then runs Detectron2's tools/train_net.py (through
 # detectron2_configs/train_net_ssl.py, which only registers one extra ROI head).
 #
@@ -62,11 +62,11 @@ esac
 
 # ---- Detectron2 -------------------------------------------------------------
 DETECTRON2_DIR="${DETECTRON2_DIR:-}"
-[ -n "$DETECTRON2_DIR" ] || die "set DETECTRON2_DIR to a Detectron2 source checkout (git clone https://github.com/facebookresearch/detectron2; see docs/detectron2.md)"
+[ -n "$DETECTRON2_DIR" ] || die "set DETECTRON2_DIR to a Detectron2 source checkout (git clone https://github.com/facebookresearch/detectron2; see WORKSPACE.md section 6)"
 [ -f "$DETECTRON2_DIR/tools/train_net.py" ] || die "DETECTRON2_DIR=$DETECTRON2_DIR has no tools/train_net.py: not a Detectron2 source checkout"
 [ -f "$DETECTRON2_DIR/configs/Base-RCNN-FPN.yaml" ] || die "DETECTRON2_DIR=$DETECTRON2_DIR has no configs/Base-RCNN-FPN.yaml"
 command -v "$PYTHON" >/dev/null || die "PYTHON=$PYTHON not found; set PYTHON to the interpreter of your Detectron2 environment"
-"$PYTHON" -c "import detectron2, torch" 2>/dev/null || die "$PYTHON cannot import detectron2 (and torch): build it from source first: $PYTHON -m pip install -e \"$DETECTRON2_DIR\" (docs/detectron2.md)"
+"$PYTHON" -c "import detectron2, torch" 2>/dev/null || die "$PYTHON cannot import detectron2 (and torch): build it from source first: $PYTHON -m pip install -e \"$DETECTRON2_DIR\" (WORKSPACE.md section 6)"
 if [ "$TASK" = cityscapes ]; then
   "$PYTHON" -c "import cityscapesscripts" 2>/dev/null || die "TASK=cityscapes evaluates with cityscapesscripts: $PYTHON -m pip install cityscapesscripts"
 fi
