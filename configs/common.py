@@ -87,6 +87,11 @@ def apply_preset(c, arg):
     c.data.shuffle_buffer = 2000
     c.data.crop_area = (0.2, 1.0)
     c.batch_size = 32
+    # The paper's 0.2 x 32/256 = 0.025 barely moves LARS weights in 125 steps
+    # (measured: loss 2.18 -> 1.99 at 60 steps vs 2.17 -> 1.86 with these);
+    # a short run also wants a faster-moving target.
+    c.optimizer.base_lr = 8.0
+    c.ema.base = 0.99
     c.total_epochs = 2.0
     c.warmup_epochs = 0.2
     c.log_every_steps = 10
