@@ -29,6 +29,11 @@ import json
 import os
 import sys
 import warnings
+
+# The PyPI torch wheel bundles triton, whose native library segfaults the
+# process when loaded after TensorFlow (which orbax or the data pipeline may
+# import). The CPU checks here need no triton: hide it before torch loads.
+sys.modules.setdefault('triton', None)
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from absl import app
@@ -148,6 +153,7 @@ def restore_checkpoint(workdir: str, step: Optional[int] = None
 
 def _restore_item(ocp, path):
   """One orbax item as numpy, whatever devices or sharding it was saved with."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
   if os.path.exists(os.path.join(path, 'metadata')) and not os.path.exists(
       os.path.join(path, '_METADATA')):
     try:  # A JSON item (orbax JsonSave), e.g. a saved config.
@@ -155,10 +161,14 @@ def _restore_item(ocp, path):
         return json.load(f)
     except (OSError, ValueError):
       pass
-  checkpointer = ocp.PyTreeCheckpointer()
+  # The item handler, not a Checkpointer: a Checkpointer expects its own
+  # _CHECKPOINT_METADATA in the item folder (the manager writes it one level
+  # up) and warns about every item.
+  handler = ocp.PyTreeCheckpointHandler()
+  path = epath.Path(path)
   try:
-    meta = checkpointer.metadata(path)
-    tree = getattr(getattr(meta, 'item_metadata', None), 'tree', meta)
+    meta = handler.metadata(path)
+    tree = getattr(meta, 'tree', meta)
     # Arrays come back as host numpy arrays: the checkpoint may have been
     # written by 8 GPUs and be converted on a laptop.
     is_array = lambda m: all(hasattr(m, a) for a in ('shape', 'dtype',
@@ -166,32 +176,44 @@ def _restore_item(ocp, path):
     restore_args = jax.tree.map(
         lambda m: ocp.RestoreArgs(
             restore_type=np.ndarray if is_array(m) else None), tree)
-    restored = checkpointer.restore(
+    restored = handler.restore(
         path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
   except Exception as e:  # pylint: disable=broad-except
     raise ConversionError(
         f'{path}: orbax could not restore this checkpoint item '
         f'({type(e).__name__}: {e}).') from e
+  finally:
+    handler.close()
   return _to_numpy_tree(restored)
+
+
+def read_workdir_config(workdir: str) -> Optional[Dict[str, Any]]:
+  """The config.json the trainer saved in the workdir (None if absent)."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise ConversionError(f'{path}: unreadable config ({e}).') from e
 
 
 def read_workdir_architecture(workdir: str) -> Optional[ResNetArchitecture]:
   """Depth and width from the config the trainer saved in the workdir."""
-  for name in ('config.json',):
-    path = os.path.join(workdir, name)
-    if os.path.exists(path):
-      with open(path) as f:
-        config = json.load(f)
-      model = config.get('model', config)
-      depth = model.get('depth', model.get('resnet_depth'))
-      width = model.get('width_multiplier', model.get('width', 1))
-      if depth is None:
-        return None
-      try:
-        return ResNetArchitecture(int(depth), int(width))
-      except (ArchitectureError, TypeError, ValueError) as e:
-        raise ConversionError(f'{path}: model depth/width: {e}') from e
-  return None
+  config = read_workdir_config(workdir)
+  if config is None:
+    return None
+  model = config.get('model', config)
+  depth = model.get('depth', model.get('resnet_depth'))
+  width = model.get('width_multiplier', model.get('width', 1))
+  if depth is None:
+    return None
+  try:
+    return ResNetArchitecture(int(depth), int(width))
+  except (ArchitectureError, TypeError, ValueError) as e:
+    raise ConversionError(
+        f'{workdir}/config.json: model depth/width: {e}') from e
 
 
 # ----------------------------------------------------------------------------
@@ -249,13 +271,15 @@ def _role(path) -> str:
   return _explicit_role(path) or 'online'
 
 
-def locate_network(tree: Mapping, role: str) -> Network:
+def locate_network(tree: Mapping, role: str,
+                   method: Optional[str] = None) -> Network:
   """Finds the `role` encoder's params, batch_stats (and FPN) in `tree`.
 
   An encoder is a subtree with conv1/bn1/layer1_0 (our ResNet); it is a
   params tree if its leaves are kernel/scale/bias and a batch_stats tree if
   they are mean/var. Optimizer state (paths through opt_state) is ignored. A
   path component containing 'target' (or 'ema') marks the EMA target.
+  `method` (from config.json) only makes error messages more specific.
   """
   found = {'params': [], 'batch_stats': []}
   for path, sub in _walk(tree):
@@ -271,10 +295,11 @@ def locate_network(tree: Mapping, role: str) -> Network:
         'no ResNet encoder (conv1, bn1, layer1_0, ...) found in the '
         'checkpoint; top-level items: ' + ', '.join(sorted(tree)))
   if not mine['params']:
+    which = f'a {method} checkpoint' if method else 'the checkpoint'
     raise ConversionError(
-        f'--network={role}: the checkpoint has no {role} encoder (it has: '
+        f'--network={role}: {which} has no {role} encoder (it has: '
         f'{", ".join(roles)}). Methods without an EMA target (SimCLR, '
-        'DetCon-S) have only the online network.')
+        'DetCon-S) have only the online network: use --network=online.')
   for kind in ('params', 'batch_stats'):
     if len(mine[kind]) != 1:
       raise ConversionError(
@@ -312,6 +337,7 @@ class Export:
   added: Dict[str, str]                      # name -> why it is not from the ckpt
   skipped: List[Tuple[str, tuple, str]]      # (path, shape, reason)
   detectron2_keys: Optional[Mapping] = None
+  declared: Optional[ResNetArchitecture] = None  # from config.json
 
 
 def check_architecture(inferred: ResNetArchitecture,
@@ -405,7 +431,7 @@ def export_network(tree: Mapping, net: Network, to: str, *,
 
   skipped = _skipped_tensors(tree, net, to)
   return Export(arch, to, tensors, sources, added_why, skipped,
-                detectron2_keys)
+                detectron2_keys, declared)
 
 
 def _flax_source(net: Network, tv_name: str) -> str:
@@ -429,7 +455,10 @@ def _skipped_tensors(tree, net: Network, to: str):
   exported_roots = [net.params_path, net.stats_path]
   if net.fpn_path and to == 'detectron2':
     exported_roots.append(net.fpn_path)
-  network_root = net.params_path.rsplit('/', 1)[0] if '/' in net.params_path else ''
+  # The method's heads (projector, predictor) sit next to the encoder in the
+  # same params / batch_stats dicts (TrainState.online_params['projector']).
+  head_roots = [p.rsplit('/', 1)[0] for p in (net.params_path, net.stats_path)
+                if '/' in p]
   other = 'target' if net.role == 'online' else 'online'
   skipped = []
   for path, value in tvnames.flatten(tree).items():
@@ -446,9 +475,10 @@ def _skipped_tensors(tree, net: Network, to: str):
       reason = f'{other} network encoder (export it with --network={other})'
     elif _explicit_role(parts) == other:
       reason = f'{other} network (not exported with --network={net.role})'
-    elif network_root and path.startswith(network_root + '/'):
+    elif any(path.startswith(r + '/') for r in head_roots):
       reason = 'head of the pretraining method (projector/predictor), not backbone'
-    elif np.ndim(value) == 0 or not isinstance(value, np.ndarray):
+    elif (np.ndim(value) == 0 or not isinstance(value, np.ndarray)
+          or parts[-1] in ('rng', 'step')):
       reason = 'training bookkeeping (step, RNG, scalars)'
     else:
       reason = 'not part of the encoder'
@@ -500,7 +530,9 @@ def read_back_as_torchvision(export: Export, out: str) -> Dict[str, np.ndarray]:
 def listing(export: Export, out: str, step: int, net: Network) -> str:
   lines = [f'dense_ssl.convert: {net.role} encoder of step {step} '
            f'({net.params_path}) -> {export.to} {out}',
-           f'architecture: {export.arch}',
+           f'architecture: {export.arch} ' + (
+               '(read from the checkpoint; matches config.json)'
+               if export.declared else '(read from the checkpoint)'),
            f'exported ({len(export.tensors)} tensors):']
   width = max(len(n) for n in export.tensors)
   for name, value in export.tensors.items():
@@ -515,8 +547,9 @@ def listing(export: Export, out: str, step: int, net: Network) -> str:
     lines.append(f'not written for Detectron2: {len(dropped)} torchvision-only '
                  'keys (fc.*: no classifier in a backbone; *.num_batches_'
                  'tracked: not a Detectron2 parameter).')
-    lines.append('Detectron2 config keys for this backbone (append to '
-                 'tools/train_net.py):')
+    lines.append('Detectron2 config keys for this backbone (the '
+                 'detectron2_configs/ files set them for R50; '
+                 'launch/detectron2_eval.sh derives them from the .pkl):')
     for k, v in export.detectron2_keys.items():
       lines.append(f'  {k}: {v!r}')
     lines.append('  as opts: ' + d2names.format_opts(export.detectron2_keys))
@@ -574,8 +607,12 @@ def convert(workdir: str, to: str, out: str, *, step: Optional[int] = None,
   elif verify and not torch_reference.torch_available():
     raise ConversionError(f'--verify: {torch_reference.TORCH_MISSING}')
   step, tree = restore_checkpoint(workdir, step)
+  config = read_workdir_config(workdir) or {}
   declared = read_workdir_architecture(workdir)
-  net = locate_network(tree, network)
+  if declared is None:
+    log(f'note: {workdir}/config.json has no model.depth: the architecture '
+        'is inferred from the checkpoint alone.')
+  net = locate_network(tree, network, method=config.get('method'))
   export = export_network(
       tree, net, to, declared=declared, depth=depth, width=width_multiplier,
       drop_fc=drop_fc,

@@ -41,7 +41,8 @@ for arg in "$@"; do
     --python=*) PYTHON="${arg#*=}" ;;
     --dry_run) dry_run=1 ;;
     --resume) resume=1 ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    # The usage is the header comment (from line 2 to the first non-comment).
+    -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0"; exit 0 ;;
     --*) die "unknown flag $arg (see --help); Detectron2 config opts are KEY VALUE pairs without dashes" ;;
     *) opts+=("$arg") ;;
   esac

@@ -5,10 +5,11 @@ References are independent of the code under test: torchvision's own ResNets
 """
 
 import functools
-import importlib.util
 import json
 import os
 import pickle
+import re
+import shutil
 import subprocess
 import sys
 
@@ -297,40 +298,50 @@ def test_fpn_mapping():
         in_channels={2: 9, 3: 16, 4: 32, 5: 64})
 
 
+def _state_tree(params, stats, with_target=True, fpn=None):
+  """A restored checkpoint laid out as the trainer writes it.
+
+  Items `state` (dense_ssl/state.py TrainState) and `meta` (JSON), as
+  convert.restore_checkpoint returns them. Methods without an EMA target
+  (SimCLR, DetCon-S) save empty target dicts.
+  """
+  head = {'linear1': {'kernel': np.ones((2, 3), np.float32)}}
+  head_stats = {'bn1': {'mean': np.zeros((3,), np.float32),
+                        'var': np.ones((3,), np.float32)}}
+  online = {'encoder': params, 'projector': head}
+  if fpn is not None:
+    online['fpn'] = fpn
+  state = {
+      'step': np.array(3, np.int32), 'rng': np.zeros((2,), np.uint32),
+      'online_params': online,
+      'online_batch_stats': {'encoder': stats, 'projector': head_stats},
+      'target_params': {'encoder': params} if with_target else {},
+      'target_batch_stats': {'encoder': stats} if with_target else {},
+      'opt_state': {'0': {'trace': {'encoder': params, 'projector': head}}}}
+  return {'state': state, 'meta': {'step': 3, 'method': 'detcon_b'}}
+
+
 def test_fpn_exported_with_the_encoder_for_detectron2_only():
   params, stats = _random_encoder(18)
-  tree = {'online': {'params': {'encoder': params,
-                                'fpn': _hand_made_fpn((64, 128, 256, 512))},
-                     'batch_stats': {'encoder': stats}}}
+  tree = _state_tree(params, stats, with_target=False,
+                     fpn=_hand_made_fpn((64, 128, 256, 512)))
   net = convert.locate_network(tree, 'online')
-  assert net.fpn_path == 'online/params/fpn'
+  assert net.fpn_path == 'state/online_params/fpn'
   exp = convert.export_network(tree, net, 'detectron2')
   assert exp.tensors['fpn_lateral3.weight'].shape == (256, 128, 1, 1)
   assert exp.detectron2_keys['MODEL.FPN.NORM'] == ''
-  assert exp.sources['fpn_output2.bias'] == 'online/params/fpn/output_2/bias'
-  assert not exp.skipped
+  assert exp.sources['fpn_output2.bias'] == 'state/online_params/fpn/output_2/bias'
+  assert not [s for s in exp.skipped if 'fpn' in s[0]]
   exp = convert.export_network(tree, net, 'torchvision')
   assert not any(k.startswith('fpn') for k in exp.tensors)
-  assert len(exp.skipped) == 16
-  assert all('FPN' in reason for _, _, reason in exp.skipped)
+  fpn_skipped = [s for s in exp.skipped if '/fpn/' in s[0]]
+  assert len(fpn_skipped) == 16
+  assert all('FPN' in reason for _, _, reason in fpn_skipped)
 
 
 # ---------------------------------------------------------------------------
 # Refusals
 # ---------------------------------------------------------------------------
-
-
-def _state_tree(params, stats, with_target=True):
-  tree = {'step': np.array(3),
-          'online': {'params': {'encoder': params,
-                                'projector': {'Dense_0': {
-                                    'kernel': np.ones((2, 3), np.float32)}}},
-                     'batch_stats': {'encoder': stats}},
-          'opt_state': {'0': {'trace': {'encoder': params}}}}
-  if with_target:
-    tree['target'] = {'params': {'encoder': params},
-                      'batch_stats': {'encoder': stats}}
-  return tree
 
 
 def test_wrong_architecture_requests_fail_clearly():
@@ -358,10 +369,11 @@ def test_wrong_architecture_requests_fail_clearly():
   with pytest.raises(convert.ConversionError, match='missing bn1.running_var'):
     convert.export_network(
         short_tree, convert.locate_network(short_tree, 'online'), 'torchvision')
-  # No EMA target (SimCLR, DetCon-S).
-  with pytest.raises(convert.ConversionError, match='no target encoder'):
+  # No EMA target (SimCLR, DetCon-S save empty target dicts).
+  with pytest.raises(convert.ConversionError,
+                     match='a simclr checkpoint has no target encoder'):
     convert.locate_network(_state_tree(params, stats, with_target=False),
-                           'target')
+                           'target', method='simclr')
 
 
 def _zeros_encoder(depth, width):
@@ -399,104 +411,37 @@ def test_architectures_torchvision_cannot_express():
                            'detectron2')
 
 
+
 def test_skipped_tensors_are_listed_with_reasons():
   params, stats = _random_encoder(18)
   tree = _state_tree(params, stats)
-  exp = convert.export_network(tree, convert.locate_network(tree, 'target'),
-                               'torchvision')
+  net = convert.locate_network(tree, 'target')
+  assert (net.params_path, net.stats_path) == (
+      'state/target_params/encoder', 'state/target_batch_stats/encoder')
+  exp = convert.export_network(tree, net, 'torchvision')
   reasons = {path: reason for path, _, reason in exp.skipped}
   n_params = len(tvnames.flatten(params))
   n_stats = len(tvnames.flatten(stats))
-  assert len(reasons) == 1 + 1 + n_params + n_params + n_stats
-  assert 'bookkeeping' in reasons['step']
-  assert 'optimizer' in reasons['opt_state/0/trace/encoder/conv1/kernel']
-  assert '--network=online' in reasons['online/params/encoder/conv1/kernel']
-  assert '--network=online' in reasons['online/batch_stats/encoder/bn1/mean']
-  assert 'not exported' in reasons['online/params/projector/Dense_0/kernel']
-
-
-# ---------------------------------------------------------------------------
-# The command on a workdir
-# ---------------------------------------------------------------------------
-
-
-def _write_orbax_workdir(workdir, depth):
-  """A workdir as an orbax CheckpointManager writes it (independent of the
-  trainer): WORKDIR/checkpoints/<step>/state + config.json. Arrays are
-  replicated over all (4 simulated) devices, as a data-parallel run saves
-  them."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from jax.sharding import Mesh, NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
-  params, stats = _random_encoder(depth)
-  state = _state_tree(params, stats)
-  state['target'] = {'params': {'encoder': _random_encoder(depth, seed=5)[0]},
-                     'batch_stats': {'encoder': stats}}
-  replicated = NamedSharding(Mesh(np.array(jax.devices()), ('batch',)),
-                             PartitionSpec())
-  state = jax.tree.map(lambda a: jax.device_put(a, replicated), state)
-  mngr = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
-  for step in (1, 2):
-    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
-  mngr.wait_until_finished()
-  mngr.close()
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    json.dump({'model': {'depth': depth, 'width_multiplier': 1}}, f)
-
-
-def test_convert_command_on_orbax_workdir(tmp_path):
-  workdir = str(tmp_path / 'wd')
-  _write_orbax_workdir(workdir, 18)
-  lines = []
-  out = str(tmp_path / 'r18.pth')
-  report = convert.convert(workdir, 'torchvision', out, network='target',
-                           verify=True, image_size=64, log=lines.append)
-  assert report['step'] == 2
-  assert report['network'].params_path == 'state/target/params/encoder'
-  assert 'verify OK' in report['verify']
-  text = '\n'.join(lines)
-  assert 'fc.weight' in text and 'zero-initialised' in text
-  assert 'state/opt_state/0/trace/encoder/conv1/kernel' in text
-  loaded = torch.load(out, weights_only=True)
-  torchvision.models.resnet18(weights=None).load_state_dict(loaded, strict=True)
-  np.testing.assert_array_equal(
-      loaded['conv1.weight'].numpy(),
-      _random_encoder(18, seed=5)[0]['conv1']['kernel'].transpose(3, 2, 0, 1))
-  assert os.path.exists(out + '.txt')
-
-  out = str(tmp_path / 'r18.pkl')
-  report = convert.convert(workdir, 'detectron2', out, step=1, verify=True,
-                           image_size=64, log=lines.append)
-  assert report['step'] == 1 and 'verify OK' in report['verify']
-  assert 'MODEL.RESNETS.DEPTH: 18' in '\n'.join(lines)
-
-  with pytest.raises(convert.ConversionError, match='--step=7'):
-    convert.convert(workdir, 'detectron2', out, step=7, log=lines.append)
-  with pytest.raises(convert.ConversionError, match='--depth=34'):
-    convert.convert(workdir, 'detectron2', out, depth=34, log=lines.append)
-  with pytest.raises(convert.ConversionError, match='no checkpoints'):
-    convert.convert(str(tmp_path), 'detectron2', out, log=lines.append)
-
-
-def test_cli_on_one_device_reads_a_multi_device_checkpoint(tmp_path):
-  """The absl command in a fresh 1-device process (exit codes, messages)."""
-  assert jax.device_count() == 4  # conftest: the checkpoint spans 4 devices
-  workdir = str(tmp_path / 'wd')
-  _write_orbax_workdir(workdir, 18)
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  env.pop('XLA_FLAGS', None)
-  out = str(tmp_path / 'r18.pth')
-  cmd = [sys.executable, '-m', 'dense_ssl.convert', f'--workdir={workdir}',
-         '--to=torchvision', f'--out={out}', '--verify_image_size=64']
-  run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=600)
-  assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-  assert 'verify OK' in run.stdout and 'fc.weight' in run.stdout
-  torchvision.models.resnet18(weights=None).load_state_dict(
-      torch.load(out, weights_only=True), strict=True)
-  run = subprocess.run(cmd + ['--depth=50'], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=600)
-  assert run.returncode == 1
-  assert '--depth=50 but the checkpoint holds a ResNet-18' in run.stderr
+  # step, rng, meta/{step,method}; online encoder params + stats; online
+  # projector (1 param, 2 stats); optimizer (encoder + projector).
+  assert len(reasons) == 4 + n_params + n_stats + 3 + n_params + 1
+  for path in ('state/step', 'state/rng', 'meta/step'):
+    assert 'bookkeeping' in reasons[path], path
+  assert 'optimizer' in reasons['state/opt_state/0/trace/encoder/conv1/kernel']
+  assert '--network=online' in reasons[
+      'state/online_params/encoder/conv1/kernel']
+  assert '--network=online' in reasons[
+      'state/online_batch_stats/encoder/bn1/mean']
+  assert 'not exported' in reasons['state/online_params/projector/linear1/kernel']
+  # Exporting the online network: the projector is a head, the target the
+  # other network.
+  exp = convert.export_network(tree, convert.locate_network(tree, 'online'),
+                               'torchvision')
+  reasons = {path: reason for path, _, reason in exp.skipped}
+  assert 'head' in reasons['state/online_params/projector/linear1/kernel']
+  assert 'head' in reasons['state/online_batch_stats/projector/bn1/var']
+  assert '--network=target' in reasons[
+      'state/target_params/encoder/layer4_1/conv2/kernel']
 
 
 def test_verify_fails_loudly_on_a_bad_file(tmp_path):
@@ -516,42 +461,329 @@ def test_verify_fails_loudly_on_a_bad_file(tmp_path):
   assert os.path.exists(out + '.unverified') and not os.path.exists(out)
 
 
-def test_end_to_end_train_then_convert(tmp_path):
-  """Real trainer (2 steps of configs/detcon_b.py:test), then the real CLI.
 
-  Both networks (online, EMA target) to both formats, each verified against
-  torchvision by the tool itself; the .pth also loads strictly here.
-  """
+
+# ---------------------------------------------------------------------------
+# The real trainer -> the command
+# ---------------------------------------------------------------------------
+
+
+def _cli_env():
+  """A fresh 1-device process: it reads checkpoints saved from 4 devices."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  env.pop('XLA_FLAGS', None)
+  return env
+
+
+def _cli(*args):
+  return subprocess.run([sys.executable, '-m', 'dense_ssl.convert', *args],
+                        cwd=REPO, env=_cli_env(), capture_output=True,
+                        text=True, timeout=600)
+
+
+def _np(tree):
+  return jax.tree.map(np.asarray, _to_dict(tree))
+
+
+@pytest.fixture(scope='module')
+def mask_data(tmp_path_factory):
+  """8 tiny images with blocky GT masks, in 2 shards."""
   from tests import mask_records  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path_factory.mktemp('masks'))
   r = np.random.default_rng(0)
   examples = []
   for i in range(8):
-    gt = np.repeat(np.repeat(r.integers(0, 4, (4, 4)), 16, 0), 16, 1)
-    image = (r.integers(0, 256, (64, 64, 3)) // 2 + 60 * gt[..., None]).astype(np.uint8)
-    examples.append(dict(id=f'ex{i}', image=image, masks={'gt': gt.astype(np.int32)}))
-  data_dir = str(tmp_path / 'masks')
-  mask_records.write_mask_dataset(data_dir, examples, num_shards=2)
-  workdir = str(tmp_path / 'detcon_b')
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  env.pop('XLA_FLAGS', None)
-  train = subprocess.run(
-      [sys.executable, '-m', 'dense_ssl.main',
-       '--config=configs/detcon_b.py:test', f'--workdir={workdir}',
-       '--config.total_steps=2', f'--config.data.dir={data_dir}'],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-  assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
-  for network in ('online', 'target'):
-    for to, ext in (('torchvision', 'pth'), ('detectron2', 'pkl')):
-      out = str(tmp_path / f'{network}.{ext}')
-      run = subprocess.run(
-          [sys.executable, '-m', 'dense_ssl.convert', f'--workdir={workdir}',
-           f'--to={to}', f'--out={out}', f'--network={network}', '--verify',
-           '--verify_image_size=64'],
-          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-      assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-      assert 'verify OK' in run.stdout
-      assert os.path.exists(out)
-  import torch  # pylint: disable=g-import-not-at-top
-  import torchvision  # pylint: disable=g-import-not-at-top
-  model = torchvision.models.resnet18()
-  model.load_state_dict(torch.load(str(tmp_path / 'online.pth')), strict=True)
+    gt = np.repeat(np.repeat(r.integers(0, 4, (4, 4)), 8, 0), 8, 1)
+    image = (r.integers(0, 256, (32, 32, 3)) // 2 +
+             60 * gt[..., None]).astype(np.uint8)
+    examples.append(dict(id=f'ex{i}', image=image,
+                         masks={'gt': gt.astype(np.int32)}))
+  mask_records.write_mask_dataset(out, examples, num_shards=2)
+  return out
+
+
+@pytest.fixture(scope='module')
+def detcon_b_run(tmp_path_factory, mask_data):
+  """(workdir, final TrainState as numpy) of 2 real DetCon-B steps (test preset).
+
+  4 devices (conftest); checkpoints of steps 1 and 2.
+  """
+  from configs import detcon_b  # pylint: disable=g-import-not-at-top
+  from dense_ssl import train  # pylint: disable=g-import-not-at-top
+  config = detcon_b.get_config('test')
+  config.data.dir = mask_data
+  config.total_steps = 2
+  workdir = str(tmp_path_factory.mktemp('detcon_b'))
+  out = train.train_and_evaluate(config, workdir)
+  assert out['step'] == 2
+  return workdir, out['state']
+
+
+@pytest.fixture(scope='module')
+def simclr_workdir(tmp_path_factory):
+  """A SimCLR workdir written by the trainer's own state and checkpointer.
+
+  No training step (it would add ~40 s): what matters is the layout, with
+  empty target dicts.
+  """
+  import optax  # pylint: disable=g-import-not-at-top
+  from configs import simclr  # pylint: disable=g-import-not-at-top
+  from dense_ssl import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from dense_ssl import methods  # pylint: disable=g-import-not-at-top
+  from dense_ssl import state as state_lib  # pylint: disable=g-import-not-at-top
+  from tests.test_methods import fake_batch  # pylint: disable=g-import-not-at-top
+  config = simclr.get_config('test')
+  state = state_lib.create_train_state(
+      methods.get_method(config), optax.sgd(0.1), jax.random.PRNGKey(0),
+      fake_batch(2, 0))
+  assert state.target_params == {}
+  workdir = str(tmp_path_factory.mktemp('simclr'))
+  ckpt_lib.save_config(workdir, config)
+  checkpointer = ckpt_lib.Checkpointer(workdir, keep=1, async_save=False)
+  checkpointer.save(1, state, dict(step=1, method='simclr'))
+  checkpointer.close()
+  return workdir, state
+
+
+_D2_NAME = (r'^(stem\.conv1\.(weight|norm\.(weight|bias|running_mean|'
+            r'running_var))|res[2-5]\.\d+\.(conv[1-3]|shortcut)\.(weight|'
+            r'norm\.(weight|bias|running_mean|running_var)))$')
+
+
+def test_end_to_end_train_then_convert_cli(detcon_b_run, tmp_path):
+  """Real trainer (2 steps) -> the CLI in a fresh 1-device process, verified.
+
+  References independent of the converter's own reading: the TrainState that
+  train_and_evaluate returned, our Flax ResNet on it, and torchvision.
+  """
+  workdir, state = detcon_b_run
+  online = _np(state.online_params['encoder'])
+  online_stats = _np(state.online_batch_stats['encoder'])
+  target = _np(state.target_params['encoder'])
+  # Trained weights: BN statistics moved, the EMA target is not the online.
+  assert np.abs(online_stats['layer1_0']['bn1']['mean']).max() > 1e-4
+  assert np.abs(online_stats['layer4_1']['bn2']['var'] - 1).max() > 1e-4
+  assert not np.array_equal(online['conv1']['kernel'], target['conv1']['kernel'])
+
+  # torchvision, online network (the default).
+  pth = str(tmp_path / 'online.pth')
+  run = _cli(f'--workdir={workdir}', '--to=torchvision', f'--out={pth}',
+             '--verify', '--verify_image_size=64')
+  assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+  assert 'online encoder of step 2 (state/online_params/encoder)' in run.stdout
+  assert 'matches config.json' in run.stdout
+  assert 'verify OK' in run.stdout
+  for c in ('c2', 'c3', 'c4', 'c5'):
+    assert re.search(rf'^  {c} .* relative (0\.000e\+00|\S+e-(0[5-9]|[1-9]\d))$',
+                     run.stdout, re.M), c
+  assert 'fc.weight' in run.stdout and 'zero-initialised' in run.stdout
+  assert 'state/opt_state/' in run.stdout and 'optimizer state' in run.stdout
+  assert 'Metadata file does not exist' not in run.stderr
+  model = torchvision.models.resnet18(weights=None)
+  model.load_state_dict(torch.load(pth, weights_only=True), strict=True)
+  images = _images(seed=4)
+  _assert_close(_flax_c2_c5(18, online, online_stats, images),
+                _torchvision_c2_c5(model, images))
+
+  # Detectron2, EMA target.
+  pkl = str(tmp_path / 'target.pkl')
+  run = _cli(f'--workdir={workdir}', '--to=detectron2', f'--out={pkl}',
+             '--network=target', '--verify', '--verify_image_size=64')
+  assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+  assert 'target encoder of step 2 (state/target_params/encoder)' in run.stdout
+  assert 'verify OK' in run.stdout
+  assert 'MODEL.RESNETS.DEPTH: 18' in run.stdout
+  with open(pkl, 'rb') as f:
+    obj = pickle.load(f, encoding='latin1')
+  model_d2 = obj['model']
+  assert obj['__author__'] == 'dense_ssl' and obj['matching_heuristics']
+  assert len(model_d2) == 20 * 5  # R18: 20 convs, each weight + 4 norm
+  assert all(re.match(_D2_NAME, k) for k in model_d2), sorted(model_d2)
+  np.testing.assert_array_equal(model_d2['stem.conv1.weight'],
+                                target['conv1']['kernel'].transpose(3, 2, 0, 1))
+  np.testing.assert_array_equal(
+      model_d2['res5.0.shortcut.norm.running_var'],
+      _np(state.target_batch_stats['encoder'])['layer4_0']['downsample_bn']['var'])
+  # The listing file beside the output.
+  with open(pkl + '.txt') as f:
+    assert 'verify OK' in f.read()
+
+  # A wrong-architecture request: exit 1 and a message, no file.
+  bad = str(tmp_path / 'bad.pkl')
+  run = _cli(f'--workdir={workdir}', '--to=detectron2', f'--out={bad}',
+             '--depth=50', '--noverify')
+  assert run.returncode == 1
+  assert '--depth=50 but the checkpoint holds a ResNet-18' in run.stderr
+  assert not os.path.exists(bad)
+
+
+def test_convert_on_trained_workdir_in_process(detcon_b_run, tmp_path):
+  """--step, the target to torchvision, and refusals of a wrong workdir."""
+  workdir, state = detcon_b_run
+  lines = []
+  out = str(tmp_path / 'step1_target.pth')
+  report = convert.convert(workdir, 'torchvision', out, step=1,
+                           network='target', verify=True, image_size=64,
+                           log=lines.append)
+  assert report['step'] == 1 and 'verify OK' in report['verify']
+  torchvision.models.resnet18(weights=None).load_state_dict(
+      torch.load(out, weights_only=True), strict=True)
+  # Step 1 is not step 2's state.
+  step2 = _np(state.target_params['encoder'])['conv1']['kernel']
+  assert not np.array_equal(torch.load(out)['conv1.weight'].numpy(),
+                            step2.transpose(3, 2, 0, 1))
+  with pytest.raises(convert.ConversionError, match=r'--step=7.*\[1, 2\]'):
+    convert.convert(workdir, 'detectron2', out, step=7, log=lines.append)
+  with pytest.raises(convert.ConversionError, match='no checkpoints'):
+    convert.convert(str(tmp_path), 'detectron2', out, log=lines.append)
+  # A config.json that does not describe the checkpoint.
+  other = str(tmp_path / 'other')
+  shutil.copytree(workdir, other)
+  with open(os.path.join(other, 'config.json')) as f:
+    config = json.load(f)
+  config['model']['depth'] = 50
+  with open(os.path.join(other, 'config.json'), 'w') as f:
+    json.dump(config, f)
+  with pytest.raises(convert.ConversionError,
+                     match='config declares ResNet-50 but .* is ResNet-18'):
+    convert.convert(other, 'detectron2', str(tmp_path / 'x.pkl'),
+                    verify=False, log=lines.append)
+
+
+def test_simclr_workdir_has_no_target(simclr_workdir, tmp_path):
+  workdir, state = simclr_workdir
+  lines = []
+  with pytest.raises(convert.ConversionError,
+                     match='a simclr checkpoint has no target encoder.*'
+                     '--network=online'):
+    convert.convert(workdir, 'detectron2', str(tmp_path / 't.pkl'),
+                    network='target', verify=False, log=lines.append)
+  out = str(tmp_path / 'online.pkl')
+  report = convert.convert(workdir, 'detectron2', out, verify=True,
+                           image_size=32, log=lines.append)
+  assert 'verify OK' in report['verify']
+  model_d2 = d2names.read_detectron2_pickle(out)['model']
+  np.testing.assert_array_equal(
+      model_d2['res2.1.conv2.weight'],
+      _np(state.online_params['encoder'])['layer1_1']['conv2']['kernel']
+      .transpose(3, 2, 0, 1))
+
+
+# ---------------------------------------------------------------------------
+# Detectron2 recipe: configs and the launch script (no Detectron2 here)
+# ---------------------------------------------------------------------------
+
+
+def _load_config(name):
+  """Our yaml with our own _BASE_ chain merged (Detectron2's bases left out)."""
+  import yaml  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(REPO, 'detectron2_configs', name)) as f:
+    cfg = yaml.safe_load(f)
+  base = cfg.pop('_BASE_', '')
+  if base.startswith('detectron2/'):
+    assert base[len('detectron2/'):] in ('Base-RCNN-FPN.yaml',
+                                         'Base-RCNN-C4.yaml')
+    return cfg
+  merged = _load_config(base)
+
+  def merge(a, b):
+    for k, v in b.items():
+      if isinstance(v, dict) and isinstance(a.get(k), dict):
+        merge(a[k], v)
+      else:
+        a[k] = v
+  merge(merged, cfg)
+  return merged
+
+
+@pytest.mark.parametrize('name,fpn,max_iter,steps,batch', [
+    ('coco_mask_rcnn_R_50_FPN_1x.yaml', True, 90000, '(60000, 80000)', 16),
+    ('coco_mask_rcnn_R_50_FPN_2x.yaml', True, 180000, '(120000, 160000)', 16),
+    ('voc_faster_rcnn_R_50_C4_24k.yaml', False, 24000, '(18000, 22000)', 16),
+    ('cityscapes_mask_rcnn_R_50_FPN.yaml', True, 24000, '(18000,)', 8)])
+def test_detectron2_configs_carry_the_ssl_overrides(name, fpn, max_iter, steps,
+                                                    batch):
+  cfg = _load_config(name)
+  model = cfg['MODEL']
+  assert cfg['INPUT']['FORMAT'] == 'RGB'
+  assert model['PIXEL_MEAN'] == [123.675, 116.28, 103.53]
+  assert model['PIXEL_STD'] == [58.395, 57.12, 57.375]
+  assert model['RESNETS']['STRIDE_IN_1X1'] is False
+  assert model['RESNETS']['NORM'] == 'SyncBN'
+  assert model['BACKBONE']['FREEZE_AT'] == 0
+  assert cfg['TEST']['PRECISE_BN']['ENABLED'] is True
+  assert cfg['SOLVER']['MAX_ITER'] == max_iter
+  assert cfg['SOLVER']['STEPS'] == steps
+  assert cfg['SOLVER']['IMS_PER_BATCH'] == batch
+  if fpn:
+    assert model['FPN']['NORM'] == 'SyncBN'
+    assert model['ROI_BOX_HEAD']['NORM'] == 'SyncBN'
+    assert (model['ROI_BOX_HEAD']['NUM_CONV'],
+            model['ROI_BOX_HEAD']['NUM_FC']) == (4, 1)
+    assert model['ROI_MASK_HEAD']['NORM'] == 'SyncBN'
+  else:
+    assert model['ROI_HEADS']['NAME'] == 'Res5ROIHeadsExtraNorm'
+    with open(os.path.join(REPO, 'detectron2_configs/train_net_ssl.py')) as f:
+      assert 'class Res5ROIHeadsExtraNorm(Res5ROIHeads)' in f.read()
+
+
+def test_detectron2_eval_script(tmp_path, detcon_b_run):
+  """bash -n, --help, and --dry_run against stand-ins for Detectron2."""
+  script = os.path.join(REPO, 'launch', 'detectron2_eval.sh')
+  assert subprocess.run(['bash', '-n', script]).returncode == 0
+  usage = subprocess.run(['bash', script, '--help'], capture_output=True,
+                         text=True)
+  assert usage.returncode == 0 and 'TASK' in usage.stdout
+  assert 'set -euo' not in usage.stdout
+
+  pkl = str(tmp_path / 'r18.pkl')
+  convert.convert(detcon_b_run[0], 'detectron2', pkl, verify=False,
+                  log=lambda s: None)
+  d2 = tmp_path / 'd2src'
+  for f in ('tools/train_net.py', 'configs/Base-RCNN-FPN.yaml'):
+    (d2 / f).parent.mkdir(parents=True, exist_ok=True)
+    (d2 / f).write_text('')
+  stub = tmp_path / 'stub' / 'detectron2'
+  stub.mkdir(parents=True)
+  (stub / '__init__.py').write_text('')
+  data = tmp_path / 'datasets'
+  for p in ('coco/annotations', 'coco/train2017', 'coco/val2017',
+            'VOC2007/Annotations', 'VOC2007/ImageSets/Main',
+            'VOC2007/JPEGImages', 'VOC2012/Annotations',
+            'VOC2012/ImageSets/Main', 'VOC2012/JPEGImages'):
+    (data / p).mkdir(parents=True)
+  for p in ('coco/annotations/instances_train2017.json',
+            'coco/annotations/instances_val2017.json',
+            'VOC2007/ImageSets/Main/trainval.txt',
+            'VOC2007/ImageSets/Main/test.txt',
+            'VOC2012/ImageSets/Main/trainval.txt'):
+    (data / p).write_text('')
+  env = dict(os.environ, PYTHONPATH=str(tmp_path / 'stub'),
+             PYTHON=sys.executable, DETECTRON2_DIR=str(d2),
+             DETECTRON2_DATASETS=str(data), NUM_GPUS='1', WEIGHTS=pkl)
+  out_dir = tmp_path / 'eval'
+  run = subprocess.run(['bash', script, '--task=coco_1x', '--dry_run',
+                        f'--out_dir={out_dir}', 'SOLVER.IMS_PER_BATCH', '8'],
+                       env=env, capture_output=True, text=True, timeout=120)
+  assert run.returncode == 0, run.stdout + run.stderr
+  assert f'--config-file {out_dir}/configs/coco_mask_rcnn_R_50_FPN_1x.yaml' in (
+      run.stdout)
+  assert f'MODEL.WEIGHTS {pkl}' in run.stdout
+  assert ('MODEL.RESNETS.DEPTH 18 MODEL.RESNETS.STEM_OUT_CHANNELS 64 '
+          'MODEL.RESNETS.RES2_OUT_CHANNELS 64 SOLVER.IMS_PER_BATCH 8') in (
+              run.stdout)
+  assert os.path.realpath(out_dir / 'configs' / 'detectron2') == str(
+      d2 / 'configs')
+  assert (out_dir / 'configs' / 'Base-SSL-RCNN-FPN.yaml').exists()
+  # C4 (VOC) needs a bottleneck ResNet; a torchvision .pth is no .pkl.
+  run = subprocess.run(['bash', script, '--task=voc', '--dry_run',
+                        f'--out_dir={out_dir}'], env=env, capture_output=True,
+                       text=True, timeout=120)
+  assert run.returncode == 1 and 'bottleneck ResNet' in run.stderr
+  pth = str(tmp_path / 'r18.pth')
+  torch.save({'conv1.weight': torch.zeros(1)}, pth)
+  run = subprocess.run(['bash', script, '--task=coco_1x', '--dry_run',
+                        f'--out_dir={out_dir}'], env=dict(env, WEIGHTS=pth),
+                       capture_output=True, text=True, timeout=120)
+  assert run.returncode == 1 and 'convert again with --to=detectron2' in (
+      run.stderr)

@@ -16,18 +16,18 @@ TORCH_MISSING = ('dense_ssl.convert needs torch and torchvision for this; '
                  'install them with `pip install -r requirements-torch.txt` '
                  '(or pass --noverify to skip the numerical check).')
 
-# Defaults of --verify_rtol / --verify_atol: float32 through ~50 layers with
-# different convolution algorithms differs by ~1e-6 relative; a wrong layout,
-# padding or BN mapping gives O(1).
+# Default of --verify_rtol (max|diff| / max|ref| per stage): float32 through
+# ~50 layers with different convolution algorithms differs by ~1e-6 relative;
+# a wrong layout, padding or BN mapping gives O(1).
 DEFAULT_RTOL = 1e-4
 
 
 def import_torch():
   """Returns (torch, torchvision) or raises ImportError with the fix."""
-  if 'tensorflow' in sys.modules:
-    # The CUDA torch wheel's triton segfaults when loaded after TensorFlow;
-    # the CPU checks here need no triton, so torch must treat it as absent.
-    sys.modules.setdefault('triton', None)
+  # The PyPI torch wheel's triton segfaults when loaded after TensorFlow
+  # (TF may be imported later, too); the CPU checks here need no triton, so
+  # torch must treat it as absent.
+  sys.modules.setdefault('triton', None)
   try:
     import torch  # pylint: disable=g-import-not-at-top
     import torchvision  # pylint: disable=g-import-not-at-top
