@@ -36,6 +36,9 @@ _COORDINATOR = flags.DEFINE_string(
     'coordinator_address', None, 'host:port of process 0 (multi-node GPU).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0-based.')
+_DIST_TIMEOUT = flags.DEFINE_integer(
+    'distributed_timeout_s', 300,
+    'Fail when the other processes have not joined within this many seconds.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -56,7 +59,8 @@ def main(argv):
   if _MULTIHOST.value or _COORDINATOR.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value)
+                               process_id=_PROCESS_ID.value,
+                               initialization_timeout=_DIST_TIMEOUT.value)
   from dense_ssl import train  # pylint: disable=g-import-not-at-top
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)

@@ -1,0 +1,69 @@
+r"""One JAX process of a multi-process test (tests/test_multiprocess.py).
+
+  python -m tests.multiprocess_worker --process_id=I --num_processes=N \
+      --port=P --devices=D --steps=S --out=FILE.npz
+
+Joins N processes of D CPU devices each over 127.0.0.1:P (gloo collectives),
+runs S DetCon-B train steps (configs/detcon_b.py:test) on a fixed global
+batch, each process feeding only its own devices' slice of it, and writes
+the loss and the replicated online parameters as this process sees them.
+"""
+
+import os
+import sys
+
+
+def run(steps):
+  """S DetCon-B test-preset steps on a fixed global batch, over all devices.
+
+  Works in any process layout: each process feeds its own devices' slice.
+  Returns (losses [S], {param path: array} as this process holds them).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from configs import detcon_b  # pylint: disable=g-import-not-at-top
+  from dense_ssl import methods, optim, train  # pylint: disable=g-import-not-at-top
+  from tests.test_methods import fake_batch  # pylint: disable=g-import-not-at-top
+
+  config = detcon_b.get_config('test')
+  config.optimizer.base_lr = 2.0
+  mesh = train.make_mesh()
+  method = methods.get_method(config)
+  schedule = optim.learning_rate_schedule(config, 10, 0)
+  tx = optim.make_optimizer(config, schedule)
+  n_dev = jax.device_count()
+  batch = fake_batch(n_dev * 2, 1)                  # 2 examples per device.
+  local_devices = jax.local_device_count()
+  first = jax.process_index() * local_devices * 2   # This process's slice.
+  local = {k: v[first:first + local_devices * 2].reshape(
+      (local_devices, 2) + v.shape[1:]) for k, v in batch.items()}
+  state = train.init_state(method, tx, config, local, mesh)
+  step = train.compile_train_step(method, tx, schedule, 10, config.ema.base, mesh)
+  losses = []
+  for _ in range(steps):
+    state, metrics = step(state, train.global_batch(local, mesh))
+    losses.append(float(np.asarray(metrics['loss'].addressable_data(0))))
+  flat = {'/'.join(str(k.key) for k in path): np.asarray(x.addressable_data(0))
+          for path, x in jax.tree_util.tree_leaves_with_path(state.online_params)}
+  return losses, flat
+
+
+def main(argv):
+  args = dict(a.lstrip('-').split('=', 1) for a in argv[1:])
+  os.environ['XLA_FLAGS'] = (
+      f'--xla_force_host_platform_device_count={args["devices"]}')
+  os.environ['JAX_PLATFORMS'] = 'cpu'
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  jax.distributed.initialize(f'127.0.0.1:{args["port"]}',
+                             num_processes=int(args['num_processes']),
+                             process_id=int(args['process_id']),
+                             initialization_timeout=120)
+  losses, flat = run(int(args['steps']))
+  np.savez(args['out'], losses=np.asarray(losses), **flat)
+  jax.distributed.shutdown()
+
+
+if __name__ == '__main__':
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  main(sys.argv)
