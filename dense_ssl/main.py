@@ -49,6 +49,40 @@ class _QuietLibraries(py_logging.Filter):
     return record.levelno >= py_logging.WARNING or '/orbax/' not in record.pathname
 
 
+def join_processes_or_explain():
+  """Says what is being joined, and fails clearly if the coordinator is absent.
+
+  JAX aborts the process with DEADLINE_EXCEEDED when the others do not join
+  in time; the line logged first says what that means.
+  """
+  address, timeout = _COORDINATOR.value, _DIST_TIMEOUT.value
+  logging.info('joining %s processes at %s as process %s; waiting up to %d s '
+               'for all of them (an abort with DEADLINE_EXCEEDED after this '
+               'line means some process was not started, or was started with '
+               'another --coordinator_address/--num_processes)',
+               _NUM_PROCESSES.value or 'auto', address or 'auto',
+               _PROCESS_ID.value if _PROCESS_ID.value is not None else 'auto',
+               timeout)
+  if not address or not _PROCESS_ID.value:
+    return  # Process 0 hosts the coordinator; TPU pods find it themselves.
+  import socket  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  host, _, port = address.rpartition(':')
+  deadline = time.monotonic() + timeout
+  while True:
+    try:
+      with socket.create_connection((host, int(port)), timeout=5):
+        return
+    except OSError as e:
+      if time.monotonic() > deadline:
+        print(f'ERROR: process {_PROCESS_ID.value} cannot reach the coordinator '
+              f'{address} (process 0) within --distributed_timeout_s={timeout}: '
+              f'{e}. Start process 0 with the same --coordinator_address, and '
+              'check the host name and firewall.', file=sys.stderr)
+        sys.exit(1)
+      time.sleep(1)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -57,6 +91,7 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax  # pylint: disable=g-import-not-at-top
   if _MULTIHOST.value or _COORDINATOR.value:
+    join_processes_or_explain()
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value,

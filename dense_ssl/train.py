@@ -122,6 +122,33 @@ def init_state(method, tx, config, sample_batch, mesh):
   return init(rng, sample)
 
 
+def check_processes_agree(config):
+  """Every process must run the same config on as many local devices.
+
+  A mismatch (a stale checkout, a different override, a host with fewer
+  GPUs) would otherwise hang in a collective or train garbage; this fails
+  at once on every process with a message naming the odd ones out.
+  """
+  if jax.process_count() == 1:
+    return
+  import hashlib  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  digest = hashlib.sha256(config.to_json_best_effort(sort_keys=True).encode())
+  mine = np.array([int(digest.hexdigest()[:12], 16), jax.local_device_count()],
+                  np.int64)
+  every = np.asarray(multihost_utils.process_allgather(mine))
+  odd_config = [i for i in range(len(every)) if every[i, 0] != every[0, 0]]
+  odd_devices = [i for i in range(len(every)) if every[i, 1] != every[0, 1]]
+  if odd_config or odd_devices:
+    raise ValueError(
+        f'the {jax.process_count()} processes disagree: '
+        + (f'processes {odd_config} have a different config than process 0 '
+           '(same --config and overrides everywhere); ' if odd_config else '')
+        + (f'local device counts {every[:, 1].tolist()} (process i at index '
+           'i) differ; every host needs the same number of devices'
+           if odd_devices else ''))
+
+
 def _format_duration(seconds):
   seconds = int(max(seconds, 0))
   h, rem = divmod(seconds, 3600)
@@ -167,6 +194,7 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
     workdir = os.path.abspath(workdir)
   process = jax.process_index()
   is_chief = process == 0
+  check_processes_agree(config)
   mesh = make_mesh()
   num_devices = jax.device_count()
   if config.batch_size % num_devices:

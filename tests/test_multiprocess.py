@@ -25,7 +25,7 @@ def free_port():
     return s.getsockname()[1]
 
 
-def launch(commands, timeout=600):
+def launch(commands, timeout=600, expect_ok=True):
   """Starts one process per command (env: 2 CPU devices each); waits for all."""
   env = dict(os.environ, JAX_PLATFORMS='cpu',
              XLA_FLAGS='--xla_force_host_platform_device_count=2')
@@ -40,7 +40,7 @@ def launch(commands, timeout=600):
       if p.poll() is None:
         p.kill()
   for p, out in zip(procs, outs):
-    assert p.returncode == 0, out[-4000:]
+    assert (p.returncode == 0) == expect_ok, out[-4000:]
   return outs
 
 
@@ -95,3 +95,27 @@ def test_two_process_trainer_checkpoints_and_resumes(data_dir, tmp_path):
   outs = main(3)
   assert 'resuming from step 2' in outs[0]
   assert 'finished: step 3' in outs[0] and 'finished: step 3' in outs[1]
+
+
+def test_processes_with_different_configs_fail_with_a_message(data_dir, tmp_path):
+  port = free_port()
+  outs = launch([[sys.executable, '-m', 'dense_ssl.main',
+                  '--config=configs/detcon_b.py:test', f'--workdir={tmp_path}/run',
+                  f'--config.data.dir={data_dir}', '--config.total_steps=1',
+                  f'--config.loss.temperature={0.1 + 0.1 * i}',
+                  f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+                  f'--process_id={i}', '--distributed_timeout_s=60']
+                 for i in range(2)], timeout=300, expect_ok=False)
+  for out in outs:
+    assert 'processes [1] have a different config than process 0' in out
+
+
+def test_unreachable_coordinator_is_a_clear_error(tmp_path):
+  run = subprocess.run(
+      [sys.executable, '-m', 'dense_ssl.main', '--config=configs/detcon_b.py:test',
+       f'--workdir={tmp_path}', f'--coordinator_address=127.0.0.1:{free_port()}',
+       '--num_processes=2', '--process_id=1', '--distributed_timeout_s=3'],
+      cwd=REPO, capture_output=True, text=True, timeout=120,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert run.returncode == 1
+  assert 'cannot reach the coordinator 127.0.0.1:' in run.stderr
