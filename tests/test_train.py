@@ -147,6 +147,17 @@ def test_one_device_equals_four_devices(name):
         {k: s1.online_params[k] for k in s1.target_params})
 
 
+def test_bfloat16_compute_keeps_float32_parameters_and_loss():
+  config = make_config('detcon_b', **{'model.dtype': 'bfloat16'})
+  before, after, metrics = one_step(config, fake_batch(8, 1), 4)
+  assert np.isfinite(metrics['loss']) and metrics['loss'].dtype == np.float32
+  for tree in (after.online_params, after.target_params, after.online_batch_stats):
+    assert {x.dtype for x in jax.tree.leaves(tree)} == {np.dtype('float32')}
+  moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), after.online_params,
+                       before.online_params)
+  assert max(jax.tree.leaves(moved)) > 0
+
+
 # ------------------------------------------- the whole trainer, real data ---
 
 @pytest.mark.parametrize('name', ['byol', 'simclr', 'detcon_s'])
