@@ -65,3 +65,20 @@ def write_mask_dataset(out_dir, examples, *, num_shards, split='train',
     with open(os.path.join(out_dir, 'manifest.json'), 'w') as f:
       json.dump(manifest, f, indent=1)
   return manifest
+
+
+def write_blocky_dataset(out_dir, *, num_examples, size, num_shards, seed=0):
+  """Tiny images whose GT map is a 4 x 4 grid of ids 0..3 (trainer tests).
+
+  The image brightness follows the ids, so the masks mean something; `size`
+  must be a multiple of 4.
+  """
+  r = np.random.default_rng(seed)
+  examples = []
+  for i in range(num_examples):
+    cell = size // 4
+    gt = np.repeat(np.repeat(r.integers(0, 4, (4, 4)), cell, 0), cell, 1)
+    image = (r.integers(0, 256, (size, size, 3)) // 2 + 60 * gt[..., None])
+    examples.append(dict(id=f'ex{i}', image=image.astype(np.uint8),
+                         masks={'gt': gt.astype(np.int32)}))
+  return write_mask_dataset(out_dir, examples, num_shards=num_shards)

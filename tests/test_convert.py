@@ -490,15 +490,7 @@ def mask_data(tmp_path_factory):
   """8 tiny images with blocky GT masks, in 2 shards."""
   from tests import mask_records  # pylint: disable=g-import-not-at-top
   out = str(tmp_path_factory.mktemp('masks'))
-  r = np.random.default_rng(0)
-  examples = []
-  for i in range(8):
-    gt = np.repeat(np.repeat(r.integers(0, 4, (4, 4)), 8, 0), 8, 1)
-    image = (r.integers(0, 256, (32, 32, 3)) // 2 +
-             60 * gt[..., None]).astype(np.uint8)
-    examples.append(dict(id=f'ex{i}', image=image,
-                         masks={'gt': gt.astype(np.int32)}))
-  mask_records.write_mask_dataset(out, examples, num_shards=2)
+  mask_records.write_blocky_dataset(out, num_examples=8, size=32, num_shards=2)
   return out
 
 

@@ -62,14 +62,8 @@ def test_two_processes_equal_one_process_with_four_devices(tmp_path):
 
 @pytest.fixture
 def data_dir(tmp_path):
-  r = np.random.default_rng(0)
-  examples = []
-  for i in range(16):
-    gt = np.repeat(np.repeat(r.integers(0, 4, (4, 4)), 16, 0), 16, 1)
-    image = (r.integers(0, 256, (64, 64, 3)) // 2 + 60 * gt[..., None]).astype(np.uint8)
-    examples.append(dict(id=f'ex{i}', image=image, masks={'gt': gt.astype(np.int32)}))
   out = str(tmp_path / 'masks')
-  mask_records.write_mask_dataset(out, examples, num_shards=4)
+  mask_records.write_blocky_dataset(out, num_examples=16, size=64, num_shards=4)
   return out
 
 

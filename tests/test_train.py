@@ -42,13 +42,7 @@ def make_config(name, data_dir='', **overrides):
 def data_dir(tmp_path_factory):
   """16 tiny images with blocky GT masks, in 4 shards."""
   out = str(tmp_path_factory.mktemp('masks'))
-  r = np.random.default_rng(0)
-  examples = []
-  for i in range(16):
-    gt = np.repeat(np.repeat(r.integers(0, 4, (4, 4)), 20, 0), 20, 1)
-    image = (r.integers(0, 256, (80, 80, 3)) // 2 + 60 * gt[..., None]).astype(np.uint8)
-    examples.append(dict(id=f'ex{i}', image=image, masks={'gt': gt.astype(np.int32)}))
-  mask_records.write_mask_dataset(out, examples, num_shards=4)
+  mask_records.write_blocky_dataset(out, num_examples=16, size=80, num_shards=4)
   return out
 
 
