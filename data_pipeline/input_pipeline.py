@@ -154,15 +154,16 @@ def read_manifest(data_dir):
     raise ValueError('config key data.dir is empty: set it to a mask dataset'
                      ' directory written by data_pipeline.precompute_masks')
   path = os.path.join(data_dir, 'manifest.json')
-  if not os.path.isdir(data_dir):
+  # tf.io.gfile: local paths and gs:// (TPU pods read masks from GCS).
+  if not tf.io.gfile.isdir(data_dir):
     raise FileNotFoundError(f'mask dataset directory {data_dir!r} (config key'
                             ' data.dir) does not exist; write it with'
                             ' `python -m data_pipeline.precompute_masks`')
-  if not os.path.isfile(path):
+  if not tf.io.gfile.exists(path):
     raise FileNotFoundError(f'{path} not found: {data_dir!r} (config key data.dir)'
                             ' is not a complete mask dataset; (re)run'
                             ' data_pipeline.precompute_masks')
-  with open(path) as f:
+  with tf.io.gfile.GFile(path) as f:
     return json.load(f)
 
 
@@ -238,7 +239,7 @@ def process_shards(manifest, data_dir, process_index, process_count):
   out = []
   for s in mine:
     path = os.path.join(data_dir, s['file'])
-    if not os.path.isfile(path):
+    if not tf.io.gfile.exists(path):
       raise FileNotFoundError(f'shard {path} listed in {data_dir}/manifest.json is'
                               ' missing; rerun precompute_masks')
     n = s.get('num_examples')

@@ -18,6 +18,7 @@ import json
 import os
 
 from absl import logging
+from etils import epath
 import orbax.checkpoint as ocp
 
 
@@ -64,20 +65,19 @@ class Checkpointer:
 
 def save_config(workdir, config):
   """Writes workdir/config.json (what the converter and plots read)."""
-  path = os.path.join(workdir, 'config.json')
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  os.replace(tmp, path)
+  # epath: local paths and gs:// alike.
+  path = epath.Path(workdir) / 'config.json'
+  tmp = epath.Path(workdir) / 'config.json.tmp'
+  tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+  tmp.replace(path)
 
 
 def check_config_matches(workdir, config):
   """Refuses to resume a workdir with an incompatible model or method."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / 'config.json'
+  if not path.exists():
     return
-  with open(path) as f:
-    old = json.load(f)
+  old = json.loads(path.read_text())
   new = json.loads(config.to_json_best_effort())
   keys = [('method',), ('model', 'depth'), ('model', 'width_multiplier'),
           ('model', 'projector_dim'), ('model', 'projector_hidden'),

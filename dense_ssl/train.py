@@ -21,6 +21,7 @@ import os
 import time
 
 from absl import logging
+from etils import epath
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
@@ -209,7 +210,7 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
   tx = optim.make_optimizer(config, schedule)
   method = methods_lib.get_method(config)
 
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   ckpt_lib.check_config_matches(workdir, config)
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
   start_step = checkpointer.latest_step() or 0
