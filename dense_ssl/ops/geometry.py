@@ -248,8 +248,10 @@ def sample_boxes_in_overlap(rng, box_a, flip_a, box_b, flip_b, *,
     kept_ok = kept_ok.at[:, k].set(ok)
     return (kept, kept_ok), None
 
-  init = (jnp.zeros((bsz, num_boxes, 4), jnp.float32),
-          jnp.zeros((bsz, num_boxes), bool))
+  # Derived from the inputs so that, inside shard_map, the carry has the
+  # inputs' per-device (varying) type, as the scan body's outputs do.
+  init = (jnp.zeros((bsz, num_boxes, 4), jnp.float32) + 0.0 * inter[:, None, :],
+          jnp.zeros((bsz, num_boxes), bool) & image_ok[:, None])
   (original, valid), _ = jax.lax.scan(step, init, (candidates, jnp.arange(num_boxes)))
   boxes_a = original_boxes_to_view_pixels(original, box_a, flip_a, size_a)
   boxes_b = original_boxes_to_view_pixels(original, box_b, flip_b, size_b)
