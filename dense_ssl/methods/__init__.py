@@ -3,6 +3,7 @@
 from dense_ssl.methods import byol
 from dense_ssl.methods import detcon_b
 from dense_ssl.methods import detcon_s
+from dense_ssl.methods import lc_byol
 from dense_ssl.methods import scrl
 from dense_ssl.methods import simclr
 
@@ -12,6 +13,7 @@ METHODS = {
     'detcon_b': detcon_b.DetConB,
     'detcon_s': detcon_s.DetConS,
     'scrl': scrl.SCRL,
+    'lc_byol': lc_byol.LCBYOL,
 }
 
 

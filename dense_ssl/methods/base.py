@@ -41,6 +41,8 @@ class SSLNetwork(nn.Module):
   use_predictor: bool = False
   dtype: Any = jnp.float32
   bn_axis_name: Optional[str] = AXIS
+  local_hidden: int = 0            # > 0: a local projection branch on C5
+  local_dim: int = 256             # (LC-loss), output 'local' [B, h, w, D].
 
   @nn.compact
   def __call__(self, images, *, pool: Callable, train: bool = True):
@@ -53,6 +55,10 @@ class SSLNetwork(nn.Module):
     out['projection'] = heads.MLPHead(self.projector_hidden, self.projector_dim,
                                       dtype=self.dtype, bn_axis_name=self.bn_axis_name,
                                       name='projector')(pooled, train)
+    if self.local_hidden:
+      out['local'] = heads.MLPHead(self.local_hidden, self.local_dim, dtype=self.dtype,
+                                   bn_axis_name=self.bn_axis_name,
+                                   name='local_projector')(feats['c5'], train)
     if self.use_predictor:
       out['prediction'] = heads.MLPHead(self.predictor_hidden, self.projector_dim,
                                         dtype=self.dtype, bn_axis_name=self.bn_axis_name,
@@ -65,12 +71,13 @@ def global_pool(feats):
   return feats['c5'].mean(axis=(1, 2))
 
 
-def network_from_config(config, *, use_predictor):
+def network_from_config(config, *, use_predictor, local_hidden=0, local_dim=256):
   m = config.model
   return SSLNetwork(depth=m.depth, width_multiplier=m.width_multiplier,
                     projector_hidden=m.projector_hidden, projector_dim=m.projector_dim,
                     predictor_hidden=m.predictor_hidden, use_predictor=use_predictor,
-                    dtype=jnp.dtype(m.dtype))
+                    dtype=jnp.dtype(m.dtype), local_hidden=local_hidden,
+                    local_dim=local_dim)
 
 
 class Method:
