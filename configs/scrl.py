@@ -1,36 +1,52 @@
-r"""SCRL (Roh et al. 2021): BYOL on K = 10 matched boxes of the two views.
+r"""SCRL: BYOL on K matched boxes of the two views (Roh et al. 2021).
 
-Presets (NOTES.md, official code):
-  imagenet / paper  1000 epochs: LARS LR 0.2 x batch/256, WD 1.5e-6, EMA 0.996,
-                    batch 8192 (set --config.batch_size to what fits), crops
-                    with area in [0.2, 1].
-  paper200          200 epochs: LR 0.45 x batch/256, WD 1e-6, EMA base 0.97.
-  coco, demo, test  as for every method (configs/common.py).
-Box rules: K = 10, >= 32 px in both views, IoU < 0.5 among an image's boxes;
-1x1 RoIAlign on C5 (aligned=False). The official code samples adaptively
-(ceil(box / output) points per axis); we use a fixed sampling_ratio (jit needs
-static shapes), 4 by default: a 32-224 px box covers 1-7 C5 cells.
+Presets:
+  imagenet | paper  SCRL's 1000-epoch ImageNet run: ResNet-50, 224 px, batch
+      8192, LARS base LR 0.2 x batch/256, WD 1.5e-6, EMA base 0.996, 10
+      warmup epochs, crop area [0.2, 1] (the official code's 1000-epoch config,
+      NOTES.md; the paper's Sec. 3.3 text gives LR 0.45 and tau 0.97 for its
+      1000-epoch run, which are the code's 200-epoch values).
+  paper200  the code's 200-epoch config: LR 0.45 x batch/256, WD 1e-6, EMA
+      base 0.97, otherwise as imagenet.
+  coco      the shared COCO setting (configs/common.py); SCRL itself was
+      pretrained on ImageNet only.
+  demo, test  tiny, CPU (configs/common.py).
+Boxes (Sec. 3.1): K = 10, >= 32 px in both views at 224 px (demo/test keep
+the same fraction of the view, 32/224), IoU < 0.5 among an image's boxes;
+1x1 RoIAlign on C5 with aligned=True (SCRL's code: False, which misplaces
+boxes by half a cell; --config.loss.roi_aligned=False reproduces it) and
+sampling_ratio = image_size / 32 (fixed; the code's is adaptive:
+methods/scrl.py). Views
+need no masks: data.mask = 'grid' (made on the fly) reads any mask dataset.
 
   python -m dense_ssl.main --config=configs/scrl.py:imagenet --workdir=WORKDIR \
       --config.data.dir=MASKS_DIR
   python -m dense_ssl.main --config=configs/scrl.py:paper200 --workdir=WORKDIR \
       --config.data.dir=MASKS_DIR
-  python -m dense_ssl.main --config=configs/scrl.py:demo --workdir=out/demo/scrl \
-      --config.data.dir=out/demo/masks
-Switch: --config.loss.global_weight=1.0 adds the global BYOL loss.
+  python -m dense_ssl.main --config=configs/scrl.py:coco --workdir=WORKDIR \
+      --config.data.dir=COCO_MASKS_DIR
+  python -m dense_ssl.main --config=configs/scrl.py:demo --workdir=out/demo/scrl
+  python -m dense_ssl.main --config=configs/scrl.py:test --workdir=/tmp/t \
+      --config.data.dir=MASKS_DIR
+Switches: --config.loss.global_weight=1.0 adds the global BYOL loss (not in
+SCRL's code); --config.loss.box_iou_threshold=1.0 turns IoU rejection off
+(Table 7); --config.loss.num_boxes=K (Table 6).
 """
 
 from configs import common
+
+SCRL_VIEW = 224          # The view size SCRL's box sizes are given at.
 
 
 def get_config(arg=None):
   preset = (arg or 'imagenet').strip()
   c = common.base_config('scrl')
-  c.loss.num_boxes = 10
-  c.loss.min_box_size = 32.0
+  c.loss.num_boxes = 10              # K.
+  c.loss.min_box_size = 32.0         # W_min = H_min, px at 224 px views.
   c.loss.box_iou_threshold = 0.5
-  c.loss.sampling_ratio = 4
-  c.loss.global_weight = 0.0
+  c.loss.sampling_ratio = 0          # Set below from the view size.
+  c.loss.roi_aligned = True          # torchvision's flag; SCRL's code: False.
+  c.loss.global_weight = 0.0         # SCRL's code: box loss only.
   c.data.crop_area = (0.2, 1.0)
   c.batch_size = 8192
   if preset == 'paper200':
@@ -40,10 +56,10 @@ def get_config(arg=None):
     c.ema.base = 0.97
     preset = 'imagenet'
   c = common.apply_preset(c, preset)
-  # SCRL uses no masks: a grid (computed on the fly) lets it read any mask
-  # dataset, even one without FH maps.
   c.data.mask = 'grid'
-  if preset == 'test':
-    c.loss.num_boxes = 4
-    c.loss.min_box_size = 16.0   # 64 px test views.
+  size = c.data.image_size
+  c.loss.min_box_size = 32.0 * size / SCRL_VIEW
+  # A box spans at most size / 32 C5 cells: torchvision's adaptive count for
+  # the largest box (7 at 224 px).
+  c.loss.sampling_ratio = max(1, size // 32)
   return c

@@ -1,74 +1,191 @@
-"""SCRL: the box loss on hand-built cases, device invariance, a real step."""
+"""SCRL: the box loss on hand-built cases, box pooling of mirrored views, the
+method's loss on 1 and 4 simulated devices, and one real training step.
+"""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import scrl as scrl_config
+from dense_ssl import methods
 from dense_ssl import train
 from dense_ssl.losses import scrl as scrl_losses
+from dense_ssl.methods import base
+from dense_ssl.methods import scrl as scrl_method
+from dense_ssl.ops import geometry
 from tests import mask_records
 from tests.test_methods import fake_batch
-from tests.test_train import one_step
 
 
-def test_box_loss_perfect_shuffled_and_all_invalid():
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  """16 tiny images with blocky GT masks, in 4 shards (as tests/test_train.py)."""
+  out = str(tmp_path_factory.mktemp('masks'))
+  mask_records.write_blocky_dataset(out, num_examples=16, size=80, num_shards=4)
+  return out
+
+
+# -------------------------------------------------------------- the loss ---
+
+def reference_scrl_loss(pred1, pred2, target1, target2, valid):
+  """float64 numpy: Eqs. 2-3 with the mean over valid boxes."""
+  def unit(x):
+    x = np.asarray(x, np.float64)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+  v = np.asarray(valid)
+  n = max(v.sum(), 1)
+  e12 = np.sum((unit(pred1) - unit(target2)) ** 2, -1)
+  e21 = np.sum((unit(pred2) - unit(target1)) ** 2, -1)
+  return (e12[v].sum() + e21[v].sum()) / n
+
+
+def test_scrl_loss_matches_reference_and_is_zero_for_matched_boxes():
   r = np.random.default_rng(0)
-  z = jnp.asarray(r.normal(size=(2, 5, 8)), jnp.float32)
-  valid = jnp.ones((2, 5), bool)
-  perfect, n = scrl_losses.box_byol_loss(z, z, valid)
+  z1, z2 = (jnp.asarray(r.normal(size=(3, 5, 16)), jnp.float32) for _ in range(2))
+  valid = jnp.asarray(r.uniform(size=(3, 5)) < 0.7).at[2].set(False)  # Image 2: none.
+  # Online predictions equal to the target projections of the same box.
+  perfect, m = scrl_losses.scrl_loss(z1, z2, z2, z1, valid)
   np.testing.assert_allclose(perfect, 0.0, atol=1e-6)
-  assert int(n) == 10
-  shuffled, _ = scrl_losses.box_byol_loss(z, z[:, ::-1], valid)
-  assert shuffled > 0.5
-  # Invalid boxes are ignored: garbage there changes nothing.
-  half = valid.at[:, 3:].set(False)
-  noisy = z.at[:, 3:].set(-z[:, 3:])
-  np.testing.assert_allclose(scrl_losses.box_byol_loss(z, noisy, half)[0], 0.0, atol=1e-6)
-  # Nothing valid: 0 and finite zero gradients.
-  none = jnp.zeros((2, 5), bool)
+  assert float(m['valid_boxes_per_image']) == pytest.approx(float(valid.sum()) / 3)
+  assert float(m['images_without_boxes']) == pytest.approx(1 / 3)
+  # Boxes paired with the wrong box of the other view: a larger loss.
+  shuffled, _ = scrl_losses.scrl_loss(z1, z2, z2[:, ::-1], z1[:, ::-1], valid)
+  assert float(shuffled) > 1.0
+  np.testing.assert_allclose(shuffled, reference_scrl_loss(
+      z1, z2, z2[:, ::-1], z1[:, ::-1], valid), rtol=1e-5)
+  # Whatever sits in invalid slots (here: NaN) changes nothing.
+  junk = jnp.where(valid[..., None], z1, jnp.nan)
+  again, _ = scrl_losses.scrl_loss(junk, z2, z2, junk, valid)
+  np.testing.assert_allclose(again, 0.0, atol=1e-6)
+
+
+def test_scrl_loss_with_no_valid_box_is_zero_with_finite_gradients():
+  r = np.random.default_rng(1)
+  z = jnp.asarray(r.normal(size=(2, 4, 8)), jnp.float32)
+  none = jnp.zeros((2, 4), bool)
   loss, grad = jax.value_and_grad(
-      lambda p: scrl_losses.box_byol_loss(p, z, none)[0])(z[:, ::-1])
-  assert float(loss) == 0.0 and np.all(np.isfinite(grad)) and not np.any(grad)
+      lambda p: scrl_losses.scrl_loss(p, p, z, z, none)[0])(z[:, ::-1])
+  assert float(loss) == 0.0
+  assert np.all(np.isfinite(grad)) and not np.any(grad)
 
 
-def overlapping_batch(n):
-  b = fake_batch(n, 2)
-  r = np.random.default_rng(3)
+# ------------------------------------------------ boxes and RoI pooling ---
+
+@pytest.mark.parametrize('aligned', [True, False])
+def test_same_box_in_a_mirrored_view_pools_the_same_vector(aligned):
+  """View 2 = view 1 mirrored (same crop, flip 0 vs 1): its C5 map is view 1's
+  mirrored, and box k must pool the same vector in both, so the loss with
+  identity heads is 0. torchvision's aligned=False (SCRL's code) reads each
+  box half a cell off, mirrored in the flipped view: the pairs no longer match.
+  """
+  size, bsz = 224, 4
+  r = np.random.default_rng(2)
+  c5 = jnp.asarray(r.normal(size=(bsz, size // 32, size // 32, 8)), jnp.float32)
+  crop = jnp.tile(jnp.array([[0.1, 0.2, 0.9, 0.8]], jnp.float32), (bsz, 1))
+  boxes = geometry.sample_boxes_in_overlap(
+      jax.random.key(0), crop, jnp.zeros(bsz, jnp.int32), crop,
+      jnp.ones(bsz, jnp.int32), size_a=size, size_b=size, num_boxes=10)
+  assert bool(jnp.all(boxes['valid']))
+  pool = lambda b: scrl_method.box_pool(b, sampling_ratio=7, aligned=aligned,
+                                        with_global=False)
+  p1 = pool(boxes['boxes_a'])(dict(c5=c5))
+  p2 = pool(boxes['boxes_b'])(dict(c5=c5[:, :, ::-1]))
+  assert p1.shape == (bsz, 10, 8)
+  # Identity heads: prediction = projection = pooled vector.
+  loss, _ = scrl_losses.scrl_loss(p1, p2, p1, p2, boxes['valid'])
+  if aligned:
+    np.testing.assert_allclose(p1, p2, rtol=1e-5, atol=1e-5)
+    assert float(loss) < 1e-6
+  else:
+    assert float(loss) > 0.05
+
+
+# ---------------------------------------------------------- the method ---
+
+def overlapping_batch(n, seed=3):
+  """fake_batch with real crops (overlapping, random flips) at 64 px."""
+  b = fake_batch(n, seed)
+  r = np.random.default_rng(seed)
   for v in ('view1', 'view2'):
-    y0, x0 = r.uniform(0, 0.2, (2, n))
-    b[f'{v}/box'] = np.stack([y0, x0, y0 + 0.75, x0 + 0.75], -1).astype(np.float32)
+    y0, x0 = r.uniform(0.0, 0.25, (2, n))
+    side = r.uniform(0.7, 0.75, n)
+    b[f'{v}/box'] = np.stack([y0, x0, y0 + side, x0 + side], -1).astype(np.float32)
     b[f'{v}/flip'] = r.integers(0, 2, n).astype(np.int32)
   return b
 
 
-def test_scrl_step_same_on_one_and_four_devices():
+def run_loss(method, variables, batch, rng, devices):
+  """method.loss inside shard_map as train.py runs it: the same key on every
+  device (per-example keys come from global indices), pmean'ed loss/metrics."""
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:devices]), (base.AXIS,))
+
+  def per_device(online, target, batch, rng):
+    loss, (_, _, metrics) = method.loss(
+        online['params'], online['batch_stats'], target, batch, rng)
+    return jax.lax.pmean(loss, base.AXIS), jax.lax.pmean(metrics, base.AXIS)
+
+  rep, shard = NamedSharding(mesh, P()), NamedSharding(mesh, P(base.AXIS))
+  f = jax.jit(jax.shard_map(per_device, mesh=mesh,
+                            in_specs=(P(), P(), P(base.AXIS), P()), out_specs=(P(), P())))
+  return f(jax.device_put(variables['online'], rep),
+           jax.device_put(variables['target'], rep),
+           jax.device_put(batch, shard), jax.device_put(rng, rep))
+
+
+def test_scrl_loss_on_four_devices_equals_one_device():
   config = scrl_config.get_config('test')
-  config.optimizer.base_lr = 2.0
+  method = methods.get_method(config)
+  assert isinstance(method, scrl_method.SCRL)
   batch = overlapping_batch(8)
-  before, s1, m1 = one_step(config, batch, 1)
-  _, s4, m4 = one_step(config, batch, 4)
-  assert m1['scrl_valid_boxes_per_image'] > 1
-  np.testing.assert_allclose(m1['loss'], m4['loss'], rtol=1e-5)
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5),
-               s1.online_params, s4.online_params)
+  variables = method.init(jax.random.key(0), {k: v[:2] for k, v in batch.items()})
+  assert 'predictor' not in variables['target']['params']
+  loss4, m4 = run_loss(method, variables, batch, jax.random.key(1), 4)
+  loss1, m1 = run_loss(method, variables, batch, jax.random.key(1), 1)
+  assert np.isfinite(float(loss4)) and float(loss4) > 0
+  assert float(m4['scrl_valid_boxes_per_image']) > 1
+  np.testing.assert_allclose(loss1, loss4, rtol=1e-5)
+  np.testing.assert_allclose(m1['scrl_valid_boxes_per_image'],
+                             m4['scrl_valid_boxes_per_image'])
 
 
-@pytest.mark.parametrize('preset', ['imagenet', 'paper200'])
+def test_global_weight_adds_the_global_byol_term():
+  config = scrl_config.get_config('test')
+  config.loss.global_weight = 0.5
+  method = methods.get_method(config)
+  batch = overlapping_batch(8)
+  variables = method.init(jax.random.key(0), {k: v[:2] for k, v in batch.items()})
+  loss, m = run_loss(method, variables, batch, jax.random.key(1), 4)
+  assert 0.0 < float(m['byol_global_loss']) <= 8.0
+  np.testing.assert_allclose(loss, m['scrl_loss'] + 0.5 * m['byol_global_loss'],
+                             rtol=1e-5)
+
+
+# -------------------------------------------------------------- configs ---
+
+@pytest.mark.parametrize('preset', ['imagenet', 'paper', 'paper200', 'coco', 'demo', 'test'])
 def test_presets(preset):
   c = scrl_config.get_config(preset)
-  assert c.method == 'scrl' and c.loss.num_boxes == 10 and c.model.depth == 50
-  assert (c.optimizer.base_lr, c.ema.base) == ((0.2, 0.996) if preset == 'imagenet'
-                                               else (0.45, 0.97))
+  assert c.method == 'scrl' and c.loss.num_boxes == 10 and c.data.mask == 'grid'
+  assert c.loss.min_box_size == pytest.approx(32.0 * c.data.image_size / 224)
+  assert c.loss.sampling_ratio == c.data.image_size // 32
+  if preset in ('imagenet', 'paper', 'paper200'):
+    assert (c.model.depth, c.batch_size, c.data.crop_area) == (50, 8192, (0.2, 1.0))
+    assert (c.model.projector_hidden, c.model.projector_dim) == (4096, 256)
+    expect = dict(paper200=(0.45, 1e-6, 0.97, 200.0)).get(preset, (0.2, 1.5e-6, 0.996, 1000.0))
+    assert (c.optimizer.base_lr, c.optimizer.weight_decay, c.ema.base,
+            c.total_epochs) == expect
 
 
-def test_one_real_step(tmp_path):
-  data = str(tmp_path / 'masks')
-  mask_records.write_blocky_dataset(data, num_examples=16, size=64, num_shards=4)
+# ------------------------------------------------ the whole trainer, real data ---
+
+def test_one_real_training_step(data_dir, tmp_path):
   config = scrl_config.get_config('test')
-  config.data.dir = data
+  config.data.dir = data_dir
   config.total_steps = 1
-  out = train.train_and_evaluate(config, str(tmp_path / 'run'))
-  assert out['finished'] and np.isfinite(out['metrics']['train/loss'])
-  assert 'train/scrl_valid_boxes_per_image' in out['metrics']
+  out = train.train_and_evaluate(config, str(tmp_path))
+  assert out['finished'] and out['step'] == 1
+  assert np.isfinite(out['metrics']['train/loss'])
+  assert out['metrics']['train/scrl_valid_boxes_per_image'] > 0
+
