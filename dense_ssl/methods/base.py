@@ -121,6 +121,20 @@ class Method:
                              images, pool=pool, train=True, mutable=['batch_stats'])
     return out, updates['batch_stats']
 
+  def forward_two_views(self, online_params, online_batch_stats, target_variables,
+                        batch, pool1, pool2):
+    """BYOL family: online and (stop-gradient) target passes over both views.
+
+    Returns ((o1, o2), (t1, t2), new online batch_stats, new target batch_stats).
+    """
+    x1, x2 = two_views(batch)
+    o1, stats = self.apply(self.online, online_params, online_batch_stats, x1, pool1)
+    o2, stats = self.apply(self.online, online_params, stats, x2, pool2)
+    tp = stop_gradient_tree(target_variables['params'])
+    t1, tstats = self.apply(self.target, tp, target_variables['batch_stats'], x1, pool1)
+    t2, tstats = self.apply(self.target, tp, tstats, x2, pool2)
+    return (o1, o2), (t1, t2), stats, tstats
+
   def gather_axis(self):
     """Axis to gather negatives over, or None for this device only (DetCon Table 5)."""
     return AXIS if self.config.loss.get('gather_negatives', True) else None

@@ -15,13 +15,9 @@ class BYOL(base.Method):
 
   def loss(self, online_params, online_batch_stats, target_variables, batch, rng):
     del rng
-    x1, x2 = base.two_views(batch)
     pool = base.global_pool
-    o1, stats = self.apply(self.online, online_params, online_batch_stats, x1, pool)
-    o2, stats = self.apply(self.online, online_params, stats, x2, pool)
-    tp = base.stop_gradient_tree(target_variables['params'])
-    t1, tstats = self.apply(self.target, tp, target_variables['batch_stats'], x1, pool)
-    t2, tstats = self.apply(self.target, tp, tstats, x2, pool)
+    (o1, o2), (t1, t2), stats, tstats = self.forward_two_views(
+        online_params, online_batch_stats, target_variables, batch, pool, pool)
     loss_12 = byol_losses.byol_loss(o1['prediction'], t2['projection'])
     loss_21 = byol_losses.byol_loss(o2['prediction'], t1['projection'])
     loss = loss_12 + loss_21

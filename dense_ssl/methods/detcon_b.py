@@ -67,12 +67,8 @@ class DetConB(DetConMasks, base.Method):
 
   def loss(self, online_params, online_batch_stats, target_variables, batch, rng):
     (pool1, ids1), (pool2, ids2) = self.view_pools(batch, rng)
-    x1, x2 = base.two_views(batch)
-    o1, stats = self.apply(self.online, online_params, online_batch_stats, x1, pool1)
-    o2, stats = self.apply(self.online, online_params, stats, x2, pool2)
-    tp = base.stop_gradient_tree(target_variables['params'])
-    t1, tstats = self.apply(self.target, tp, target_variables['batch_stats'], x1, pool1)
-    t2, tstats = self.apply(self.target, tp, tstats, x2, pool2)
+    (o1, o2), (t1, t2), stats, tstats = self.forward_two_views(
+        online_params, online_batch_stats, target_variables, batch, pool1, pool2)
     loss, m = self.detcon(o1['prediction'], o2['prediction'],
                           t1['projection'], t2['projection'], ids1, ids2)
     return loss, (stats, tstats, base.as_metrics(

@@ -31,13 +31,9 @@ class LCBYOL(base.Method):
   def loss(self, online_params, online_batch_stats, target_variables, batch, rng):
     del rng
     c = self.config.loss
-    x1, x2 = base.two_views(batch)                # I_c, I_sc.
     pool = base.global_pool
-    o1, stats = self.apply(self.online, online_params, online_batch_stats, x1, pool)
-    o2, stats = self.apply(self.online, online_params, stats, x2, pool)
-    tp = base.stop_gradient_tree(target_variables['params'])
-    t1, tstats = self.apply(self.target, tp, target_variables['batch_stats'], x1, pool)
-    t2, tstats = self.apply(self.target, tp, tstats, x2, pool)
+    (o1, o2), (t1, t2), stats, tstats = self.forward_two_views(
+        online_params, online_batch_stats, target_variables, batch, pool, pool)
     global_loss = (byol_losses.byol_loss(o1['prediction'], t2['projection']) +
                    byol_losses.byol_loss(o2['prediction'], t1['projection']))
     grid_c, grid_sc = t1['local'].shape[1:3], o2['local'].shape[1:3]

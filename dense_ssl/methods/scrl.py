@@ -104,12 +104,8 @@ class SCRL(base.Method):
     c = self.config.loss
     boxes = sample_view_boxes(rng, batch, c)
     pool1, pool2 = self._pool(boxes['boxes_a']), self._pool(boxes['boxes_b'])
-    x1, x2 = base.two_views(batch)
-    o1, stats = self.apply(self.online, online_params, online_batch_stats, x1, pool1)
-    o2, stats = self.apply(self.online, online_params, stats, x2, pool2)
-    tp = base.stop_gradient_tree(target_variables['params'])
-    t1, tstats = self.apply(self.target, tp, target_variables['batch_stats'], x1, pool1)
-    t2, tstats = self.apply(self.target, tp, tstats, x2, pool2)
+    (o1, o2), (t1, t2), stats, tstats = self.forward_two_views(
+        online_params, online_batch_stats, target_variables, batch, pool1, pool2)
 
     k = c.num_boxes
     q1, q2 = o1['prediction'], o2['prediction']
