@@ -62,8 +62,19 @@ def learning_rate_schedule(config, total_steps, warmup_steps):
   return schedule
 
 
-def ema_tau(step, total_steps, base):
-  """BYOL's target decay: tau_k = 1 - (1 - base) (cos(pi k / K) + 1) / 2."""
+EMA_SCHEDULES = ('cosine', 'constant')
+
+
+def ema_tau(step, total_steps, base, schedule='cosine'):
+  """The target's decay tau_k (config keys ema.base, ema.schedule).
+
+  cosine: BYOL's tau_k = 1 - (1 - base) (cos(pi k / K) + 1) / 2, base -> 1.
+  constant: MoCo's momentum encoder, tau_k = base (0.999).
+  """
+  if schedule == 'constant':
+    return jnp.float32(base)
+  if schedule != 'cosine':
+    raise ValueError(f'config key ema.schedule={schedule!r}: choose one of {EMA_SCHEDULES}')
   k = jnp.asarray(step, jnp.float32)
   return 1.0 - (1.0 - base) * (jnp.cos(jnp.pi * k / total_steps) + 1.0) / 2.0
 

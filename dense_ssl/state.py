@@ -22,6 +22,7 @@ class TrainState:
   target_batch_stats: Any
   opt_state: Any
   rng: jnp.ndarray                  # uint32 [2]: raw key, checkpointable.
+  method_state: Any = flax.struct.field(default_factory=dict)  # e.g. MoCo's queue.
 
   @property
   def target_variables(self):
@@ -34,6 +35,8 @@ def create_train_state(method, tx, rng, sample_batch):
   """Initialises the method's networks and the optimiser on one device batch."""
   init_rng, state_rng = jax.random.split(rng)
   variables = method.init(init_rng, sample_batch)
+  method_state = (method.init_method_state(jax.random.fold_in(init_rng, 1))
+                  if method.has_state else {})
   online, target = variables['online'], variables['target'] or {}
   return TrainState(
       step=jnp.zeros((), jnp.int32),
@@ -42,7 +45,8 @@ def create_train_state(method, tx, rng, sample_batch):
       target_params=target.get('params', {}),
       target_batch_stats=target.get('batch_stats', {}),
       opt_state=tx.init(online['params']),
-      rng=state_rng)
+      rng=state_rng,
+      method_state=method_state)
 
 
 def num_params(tree):

@@ -42,7 +42,8 @@ class NonFiniteLossError(RuntimeError):
   """The loss became NaN or inf; the last good checkpoint is kept."""
 
 
-def make_per_device_step(method, tx, schedule, total_steps, ema_base):
+def make_per_device_step(method, tx, schedule, total_steps, ema_base,
+                         ema_schedule='cosine'):
   """The step for one device's batch (the named axis AXIS is bound)."""
 
   def step_fn(state, batch):
@@ -55,9 +56,14 @@ def make_per_device_step(method, tx, schedule, total_steps, ema_base):
     params = jax.lax.pcast(state.online_params, AXIS, to='varying')
 
     def loss_fn(p):
-      return method.loss(p, state.online_batch_stats, state.target_variables, batch, rng)
+      if method.has_state:
+        return method.loss(p, state.online_batch_stats, state.target_variables,
+                           batch, rng, method_state=state.method_state)
+      loss, aux = method.loss(p, state.online_batch_stats, state.target_variables,
+                              batch, rng)
+      return loss, aux + (state.method_state,)
 
-    (loss, (stats, tstats, metrics)), grads = jax.value_and_grad(
+    (loss, (stats, tstats, metrics, method_state)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(params)
     grads = jax.lax.pmean(grads, AXIS)
     updates, opt_state = tx.update(grads, state.opt_state, state.online_params)
@@ -69,8 +75,9 @@ def make_per_device_step(method, tx, schedule, total_steps, ema_base):
     target_params, target_stats = state.target_params, state.target_batch_stats
     tau = jnp.float32(0.0)
     if method.uses_target:
-      # BYOL: xi <- tau xi + (1 - tau) theta, with tau cosine-annealed to 1.
-      tau = optim.ema_tau(step, total_steps, ema_base)
+      # BYOL: xi <- tau xi + (1 - tau) theta, with tau cosine-annealed to 1
+      # (MoCo: constant, ema_schedule='constant').
+      tau = optim.ema_tau(step, total_steps, ema_base, ema_schedule)
       target_params = jax.tree.map(
           lambda t, o: tau * t + (1.0 - tau) * o, target_params,
           {k: online_params[k] for k in target_params})
@@ -83,7 +90,7 @@ def make_per_device_step(method, tx, schedule, total_steps, ema_base):
     new_state = state.replace(
         step=step + 1, online_params=online_params, online_batch_stats=stats,
         target_params=target_params, target_batch_stats=target_stats,
-        opt_state=opt_state)
+        opt_state=opt_state, method_state=method_state)
     return new_state, metrics
 
   return step_fn
@@ -94,8 +101,10 @@ def make_mesh():
   return Mesh(np.asarray(jax.devices()), (AXIS,))
 
 
-def compile_train_step(method, tx, schedule, total_steps, ema_base, mesh):
-  per_device = make_per_device_step(method, tx, schedule, total_steps, ema_base)
+def compile_train_step(method, tx, schedule, total_steps, ema_base, mesh,
+                       ema_schedule='cosine'):
+  per_device = make_per_device_step(method, tx, schedule, total_steps, ema_base,
+                                    ema_schedule)
   return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)),
                                out_specs=(P(), P())),
                  donate_argnums=0)
@@ -248,7 +257,8 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
     logging.info('starting from scratch in %s', workdir)
 
   train_step = compile_train_step(method, tx, schedule, total_steps,
-                                  config.ema.base, mesh)
+                                  config.ema.base, mesh,
+                                  config.ema.get('schedule', 'cosine'))
   writer = MetricWriter(workdir, is_chief)
 
   def save(step):

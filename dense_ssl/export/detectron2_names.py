@@ -139,7 +139,9 @@ def flax_fpn_to_detectron2(
     lateral_{k}/kernel [1, 1, C_k, D] HWIO, lateral_{k}/bias [D]
     output_{k}/kernel  [3, 3, D, D]  HWIO, output_{k}/bias  [D]
   for k in 2..5 (C2..C5 -> P2..P5; D = 256 in ReSim and Detectron2). Kernels
-  go HWIO -> OIHW; names become fpn_lateral{k}.*, fpn_output{k}.*.
+  go HWIO -> OIHW; names become fpn_lateral{k}.*, fpn_output{k}.*. Levels a
+  method does not train may be absent (ReSim-FPN: laterals 3-5, outputs 3-4);
+  Detectron2 then initialises those convs itself.
 
   Args:
     fpn_params: the subtree above.
@@ -151,18 +153,23 @@ def flax_fpn_to_detectron2(
   """
   out = collections.OrderedDict()
   flat = flatten(fpn_params)
-  expected = {f'{kind}_{k}/{leaf}' for kind in ('lateral', 'output')
-              for k in FPN_LEVELS for leaf in ('kernel', 'bias')}
-  missing = sorted(expected - set(flat))
-  unknown = sorted(set(flat) - expected)
-  if missing or unknown:
+  known = {f'{kind}_{k}/{leaf}' for kind in ('lateral', 'output')
+           for k in FPN_LEVELS for leaf in ('kernel', 'bias')}
+  unknown = sorted(set(flat) - known)
+  convs = sorted({name.split('/')[0] for name in flat if name in known})
+  half = sorted(c for c in convs if f'{c}/kernel' not in flat or f'{c}/bias' not in flat)
+  if unknown or half or not any(c.startswith('lateral_') for c in convs):
     raise ArchitectureError(
         'the fpn subtree does not have the documented layout '
-        '(lateral_{2..5}, output_{2..5}, each kernel + bias): '
-        f'missing {missing}, unknown {unknown}.')
+        '(lateral_{k}, output_{k} for k in 2..5, each kernel + bias): '
+        f'unknown {unknown}, without kernel or bias {half}'
+        + ('' if any(c.startswith('lateral_') for c in convs) else ', no lateral conv')
+        + '.')
   dims = set()
   for kind, ksize in (('lateral', 1), ('output', 3)):
     for k in FPN_LEVELS:
+      if f'{kind}_{k}' not in convs:
+        continue  # Not trained (e.g. ReSim-FPN has no P2): Detectron2 initialises it.
       kernel = np.asarray(flat[f'{kind}_{k}/kernel'], np.float32)
       bias = np.asarray(flat[f'{kind}_{k}/bias'], np.float32)
       if kernel.ndim != 4 or kernel.shape[:2] != (ksize, ksize):

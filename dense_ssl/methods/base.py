@@ -14,16 +14,19 @@ bound: BatchNorm statistics are cross-replica and negatives are gathered
 over it. Target parameters are never differentiated (stop_gradient here).
 """
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dense_ssl.models import heads
 from dense_ssl.models import resnet
 
 AXIS = 'batch'  # The data-parallel mesh axis: cross-replica BN and gathers.
+# Modules of the online network that its EMA target does not have.
+ONLINE_ONLY = ('predictor', 'dense_predictor')
 
 
 class SSLNetwork(nn.Module):
@@ -31,38 +34,94 @@ class SSLNetwork(nn.Module):
 
   `pool` maps the encoder's {'c2'..'c5'} to the vectors to project, [B, C]
   (global pool) or [B, K, C] (mask pooling), so that global and dense methods
-  share one network. Params: encoder (torchvision names), projector[, predictor].
+  share one network. It may also return a dict {name: [B, K_name, C]} (the
+  composed method: global, masks and boxes of one view in one pass): the
+  heads then run once on their concatenation along K (one set of BN
+  statistics) and 'projection' / 'prediction' are dicts of the same names.
+  Params: encoder (torchvision names), projector[, predictor], and the
+  optional dense heads below.
+
+  Optional dense heads (each off by default):
+    local_hidden > 0   LC-loss's local projection of C5 -> 'local' [B, h, w, local_dim]
+    fpn_dim > 0        an FPN -> 'fpn' {'p3', 'p4', ...} (ReSim-FPN; exported)
+    region_levels      maps ('c4', 'p3', ...) for ReSim's windows -> 'region'
+                       {level: [B, h, w, C]}, through RegionHead(region_dim)
+                       when region_dim > 0 (ReSim Sec. 3.4), else as they are
+    dense_hidden > 0   CLoVE's projection of C5 -> 'dense' [B, h, w, dense_dim];
+                       with dense_attention_heads > 0 also its NMHSA predictor
+                       -> 'dense_prediction' (online network only)
   """
   depth: int
   width_multiplier: int = 1
   projector_hidden: int = 4096
   projector_dim: int = 256
+  projector_bn: bool = True
   predictor_hidden: int = 4096
   use_predictor: bool = False
   dtype: Any = jnp.float32
   bn_axis_name: Optional[str] = AXIS
-  local_hidden: int = 0            # > 0: a local projection branch on C5
-  local_dim: int = 256             # (LC-loss), output 'local' [B, h, w, D].
+  local_hidden: int = 0
+  local_dim: int = 256
+  fpn_dim: int = 0
+  fpn_levels: Tuple[int, ...] = (3, 4)
+  region_levels: Tuple[str, ...] = ()
+  region_dim: int = 0
+  dense_hidden: int = 0
+  dense_dim: int = 256
+  dense_attention_heads: int = 0
+  dense_attention_temperature: float = 0.1
 
   @nn.compact
   def __call__(self, images, *, pool: Callable, train: bool = True):
-    """images [B, S, S, 3] -> dict(features, pooled, projection[, prediction])."""
+    """images [B, S, S, 3] -> dict(features, pooled, projection[, prediction], ...)."""
+    kw = dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
     feats = resnet.ResNet(depth=self.depth, width_multiplier=self.width_multiplier,
-                          dtype=self.dtype, bn_axis_name=self.bn_axis_name,
-                          name='encoder')(images, train)
+                          name='encoder', **kw)(images, train)
     pooled = pool(feats)
     out = dict(features=feats, pooled=pooled)
-    out['projection'] = heads.MLPHead(self.projector_hidden, self.projector_dim,
-                                      dtype=self.dtype, bn_axis_name=self.bn_axis_name,
-                                      name='projector')(pooled, train)
-    if self.local_hidden:
-      out['local'] = heads.MLPHead(self.local_hidden, self.local_dim, dtype=self.dtype,
-                                   bn_axis_name=self.bn_axis_name,
-                                   name='local_projector')(feats['c5'], train)
+    named = isinstance(pooled, dict)
+    if named and not pooled:         # Only dense heads (e.g. CLoVE): no projector.
+      return self._dense_heads(feats, out, train, kw)
+    if named:
+      names = sorted(pooled)
+      sizes = [pooled[n].shape[1] for n in names]
+      pooled = jnp.concatenate([pooled[n].astype(jnp.float32) for n in names], axis=1)
+    heads_out = {}
+    heads_out['projection'] = heads.MLPHead(
+        self.projector_hidden, self.projector_dim, use_bn=self.projector_bn,
+        name='projector', **kw)(pooled, train)
     if self.use_predictor:
-      out['prediction'] = heads.MLPHead(self.predictor_hidden, self.projector_dim,
-                                        dtype=self.dtype, bn_axis_name=self.bn_axis_name,
-                                        name='predictor')(out['projection'], train)
+      heads_out['prediction'] = heads.MLPHead(
+          self.predictor_hidden, self.projector_dim, name='predictor',
+          **kw)(heads_out['projection'], train)
+    for key, value in heads_out.items():
+      if named:
+        parts = jnp.split(value, np.cumsum(sizes)[:-1], axis=1)
+        value = dict(zip(names, parts))
+      out[key] = value
+    return self._dense_heads(feats, out, train, kw)
+
+  def _dense_heads(self, feats, out, train, kw):
+    if self.local_hidden:
+      out['local'] = heads.MLPHead(self.local_hidden, self.local_dim,
+                                   name='local_projector', **kw)(feats['c5'], train)
+    maps = dict(feats)
+    if self.fpn_dim:
+      out['fpn'] = heads.FPN(self.fpn_dim, tuple(self.fpn_levels), dtype=self.dtype,
+                             name='fpn')(feats)
+      maps.update(out['fpn'])
+    if self.region_levels:
+      out['region'] = {
+          level: (heads.RegionHead(self.region_dim, name=f'region_head_{level}', **kw)(
+              maps[level], train) if self.region_dim else maps[level])
+          for level in self.region_levels}
+    if self.dense_hidden:
+      out['dense'] = heads.MLPHead(self.dense_hidden, self.dense_dim, final_bn=True,
+                                   name='dense_projector', **kw)(feats['c5'], train)
+      if self.dense_attention_heads:
+        out['dense_prediction'] = heads.NormalizedMultiHeadAttention(
+            self.dense_attention_heads, self.dense_attention_temperature,
+            dtype=self.dtype, name='dense_predictor')(out['dense'])
     return out
 
 
@@ -71,23 +130,28 @@ def global_pool(feats):
   return feats['c5'].mean(axis=(1, 2))
 
 
-def network_from_config(config, *, use_predictor, local_hidden=0, local_dim=256):
+def network_from_config(config, *, use_predictor, **dense_heads):
+  """SSLNetwork with config.model's sizes; dense_heads: SSLNetwork's optional heads."""
   m = config.model
   return SSLNetwork(depth=m.depth, width_multiplier=m.width_multiplier,
                     projector_hidden=m.projector_hidden, projector_dim=m.projector_dim,
+                    projector_bn=m.get('projector_bn', True),
                     predictor_hidden=m.predictor_hidden, use_predictor=use_predictor,
-                    dtype=jnp.dtype(m.dtype), local_hidden=local_hidden,
-                    local_dim=local_dim)
+                    dtype=jnp.dtype(m.dtype), **dense_heads)
 
 
 class Method:
   """Base class: a network applied to views, and a loss on what it returns.
 
   Subclasses set `uses_target` and `has_predictor` and implement `loss`;
-  `init` and `apply` are shared.
+  `init` and `apply` are shared. A method with state outside the networks
+  (MoCo's queue) sets `has_state`, implements `init_method_state(rng)`, and
+  its `loss` takes `method_state=` and returns it updated as a 4th aux item:
+  (loss, (stats, target_stats, metrics, new_method_state)).
   """
   uses_target = False
   has_predictor = False
+  has_state = False
 
   def __init__(self, config):
     self.config = config
@@ -108,9 +172,9 @@ class Method:
     online = dict(params=online['params'], batch_stats=online['batch_stats'])
     target = None
     if self.uses_target:
-      # The target starts as a copy of the online encoder and projector.
+      # The target starts as a copy of the online network without predictors.
       target = jax.tree.map(
-          jnp.array, {k: {n: v for n, v in online[k].items() if n != 'predictor'}
+          jnp.array, {k: {n: v for n, v in online[k].items() if n not in ONLINE_ONLY}
                       for k in ('params', 'batch_stats')})
     return dict(online=online, target=target)
 
@@ -141,6 +205,21 @@ class Method:
 
   def loss(self, online_params, online_batch_stats, target_variables, batch, rng):
     raise NotImplementedError
+
+
+def gather_replicated(x, axis_name=AXIS):
+  """all_gather (tiled) whose result is typed as replicated over the axis.
+
+  `lax.all_gather`'s output counts as device-varying under shard_map, so it
+  cannot become replicated state (MoCo's queue). Each device writes its rows
+  into a zero [D * B, ...] buffer and a psum adds them: the same values, as
+  an all-reduce of a D-times larger buffer (fine for a batch of keys).
+  """
+  n = jax.lax.psum(1, axis_name)
+  b = x.shape[0]
+  buf = jnp.zeros((n * b,) + x.shape[1:], x.dtype)
+  buf = jax.lax.dynamic_update_slice_in_dim(buf, x, jax.lax.axis_index(axis_name) * b, 0)
+  return jax.lax.psum(buf, axis_name)
 
 
 def example_rngs(rng, batch_size):

@@ -1,12 +1,14 @@
-"""MLP projector and predictor heads (BYOL / DetCon-B, DetCon Sec. 3.1).
+"""Heads on top of the encoder: MLPs, an FPN, ReSim's region head, CLoVE's NMHSA.
 
 DetCon-B and BYOL: projector 2048 -> 4096 -> 256 and predictor 256 -> 4096 ->
-256, each Linear -> BN -> ReLU -> Linear. The caller picks the sizes.
+256, each Linear -> BN -> ReLU -> Linear (MLPHead; MoCo-v2's head has no BN,
+CLoVE's projector ends in a BN without affine). The caller picks the sizes.
 """
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 
@@ -25,6 +27,8 @@ class MLPHead(nn.Module):
   bn_axis_name: Optional[str] = None
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
+  use_bn: bool = True              # False: MoCo-v2's Linear -> ReLU -> Linear.
+  final_bn: bool = False           # True: + BN without scale/bias (CLoVE, PixPro).
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -33,10 +37,101 @@ class MLPHead(nn.Module):
     x = jnp.asarray(x, self.dtype).reshape((-1, x.shape[-1]))
     x = nn.Dense(self.hidden_dim, dtype=self.dtype, param_dtype=jnp.float32,
                  name='linear1')(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                     epsilon=self.bn_epsilon, axis_name=self.bn_axis_name,
-                     dtype=self.dtype, param_dtype=jnp.float32, name='bn1')(x)
+    if self.use_bn:
+      x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                       epsilon=self.bn_epsilon, axis_name=self.bn_axis_name,
+                       dtype=self.dtype, param_dtype=jnp.float32, name='bn1')(x)
     x = nn.relu(x)
     x = nn.Dense(self.output_dim, dtype=self.dtype, param_dtype=jnp.float32,
                  name='linear2')(x)
+    if self.final_bn:
+      x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                       epsilon=self.bn_epsilon, axis_name=self.bn_axis_name,
+                       use_scale=False, use_bias=False, dtype=self.dtype,
+                       param_dtype=jnp.float32, name='bn2')(x)
     return x.astype(jnp.float32).reshape(lead + (self.output_dim,))
+
+
+class FPN(nn.Module):
+  """Feature Pyramid Network top-down path (Lin et al. 2017), as ReSim-FPN uses it.
+
+  P5 = lateral_5(C5); P_k = lateral_k(C_k) + nearest_upsample_2x(P_{k+1});
+  outputs output_k(P_k), 3x3. Laterals run over `levels` (the lowest of them
+  up to 5), outputs only at `out_levels`. Param names are Detectron2's FPN
+  (dense_ssl/export/detectron2_names.py: lateral_{k}, output_{k}, conv with
+  bias, no norm), so a trained FPN transfers (`MODEL.FPN.NORM ""`).
+  """
+  dim: int = 256
+  out_levels: Sequence[int] = (3, 4)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, feats):
+    """{'c2'..'c5'} -> {'p3': [B, H/8, W/8, dim], 'p4': ...} float32."""
+    conv = lambda k, name: nn.Conv(self.dim, (k, k), padding=((k // 2,) * 2,) * 2,
+                                   dtype=self.dtype, param_dtype=jnp.float32, name=name)
+    lowest = min(self.out_levels)
+    top, out = None, {}
+    for k in range(5, lowest - 1, -1):
+      lateral = conv(1, f'lateral_{k}')(feats[f'c{k}'])
+      if top is not None:
+        top = jnp.repeat(jnp.repeat(top, 2, axis=1), 2, axis=2)  # nearest 2x
+        top = lateral + top[:, :lateral.shape[1], :lateral.shape[2]]
+      else:
+        top = lateral
+      if k in self.out_levels:
+        out[f'p{k}'] = conv(3, f'output_{k}')(top).astype(jnp.float32)
+    return out
+
+
+class RegionHead(nn.Module):
+  """ReSim Sec. 3.4: two 3x3 convs (BN + ReLU after the first) to `dim` channels."""
+  dim: int = 128
+  dtype: Any = jnp.float32
+  bn_axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    """x: [B, h, w, C] -> [B, h, w, dim] float32."""
+    conv = lambda d, name, bias: nn.Conv(d, (3, 3), padding=((1, 1), (1, 1)),
+                                         use_bias=bias, dtype=self.dtype,
+                                         param_dtype=jnp.float32, name=name)
+    x = conv(x.shape[-1], 'conv1', False)(jnp.asarray(x, self.dtype))
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                     axis_name=self.bn_axis_name, dtype=self.dtype,
+                     param_dtype=jnp.float32, name='bn1')(x)
+    return conv(self.dim, 'conv2', True)(nn.relu(x)).astype(jnp.float32)
+
+
+class NormalizedMultiHeadAttention(nn.Module):
+  """CLoVE's predictor (Sec. 3.4, 6): normalised multi-head self-attention.
+
+  Over the L = h * w cells of a projected map F [B, L, D], per head
+  Attention(Q, K, V) = softmax(cos(Q, K^T) / tau) V with Q = F W^q, K = F W^k,
+  V = F W^v (D -> D / heads each), queries and keys L2-normalised before the
+  dot product; heads concatenated and mapped back to D by a linear layer.
+  """
+  num_heads: int = 8
+  temperature: float = 0.1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    """x: [B, h, w, D] -> [B, h, w, D] float32 (not normalised)."""
+    b, h, w, d = x.shape
+    if d % self.num_heads:
+      raise ValueError(f'NMHSA: {d} channels do not split into {self.num_heads} heads')
+    dh = d // self.num_heads
+    x = jnp.asarray(x, self.dtype).reshape(b, h * w, d)
+    proj = lambda name: nn.DenseGeneral((self.num_heads, dh), dtype=self.dtype,
+                                        param_dtype=jnp.float32, name=name)(x)
+    q, k, v = proj('query'), proj('key'), proj('value')       # [B, L, H, dh]
+    normalize = lambda t: t * jax.lax.rsqrt(
+        jnp.maximum(jnp.sum(jnp.square(t.astype(jnp.float32)), -1, keepdims=True),
+                    1e-12)).astype(t.dtype)
+    logits = jnp.einsum('blhd,bmhd->bhlm', normalize(q), normalize(k)) / self.temperature
+    attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+    y = jnp.einsum('bhlm,bmhd->blhd', attn, v)
+    y = nn.DenseGeneral(d, axis=(-2, -1), dtype=self.dtype, param_dtype=jnp.float32,
+                        name='out')(y)
+    return y.astype(jnp.float32).reshape(b, h, w, d)
