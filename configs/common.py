@@ -27,7 +27,7 @@ def base_config(method):
   c.optimizer = ml_collections.ConfigDict(dict(
       name='lars', base_lr=0.2, weight_decay=1.5e-6, momentum=0.9, eta=1e-3,
       nesterov=False, b1=0.9, b2=0.999))
-  c.ema = ml_collections.ConfigDict(dict(base=0.996))
+  c.ema = ml_collections.ConfigDict(dict(base=0.996, schedule='cosine'))
   c.loss = ml_collections.ConfigDict(dict(
       temperature=0.1, num_samples=16, local_negatives=True, gather_negatives=True))
   c.model = ml_collections.ConfigDict(dict(
@@ -57,6 +57,60 @@ def base_config(method):
   c.log_every_steps = 50
   c.ckpt_every_steps = 1000
   c.keep_checkpoints = 3
+  return c
+
+
+def composed_config(method, **weights):
+  """base_config + what methods/compose.py reads: every objective's weight and keys.
+
+  All eight objectives are listed (0 = off) with their papers' defaults, so
+  any of them can be switched on from the command line, e.g.
+  --config.objectives.scrl=1.0 on top of configs/detcon_b_lc.py.
+  """
+  c = base_config(method)
+  c.objectives = ml_collections.ConfigDict(
+      {n: float(weights.pop(n, 0.0)) for n in (
+          'byol', 'simclr', 'moco', 'detcon', 'lc', 'scrl', 'resim', 'clove')})
+  if weights:
+    raise ValueError(f'unknown objectives {sorted(weights)}')
+  l, m = c.loss, c.model
+  # MoCo-v2 (global; ReSim's Table 7).
+  l.moco_queue_size = 65536
+  l.moco_temperature = 0.2
+  m.projector_bn = True            # MoCo-v2's head has no BN: configs/moco.py sets False.
+  # LC-loss.
+  l.lc_temperature = 0.1
+  m.local_hidden = 0               # 0: 2048 x width.
+  m.local_dim = 256
+  # SCRL (sampling_ratio and min_box_size follow data.image_size: finish_composed).
+  l.num_boxes = 10
+  l.min_box_size = 32.0
+  l.box_iou_threshold = 0.5
+  l.sampling_ratio = 7
+  l.roi_aligned = True
+  # ReSim.
+  l.resim_variant = 'c4'           # c4 | fpn
+  l.resim_temperature = 0.2
+  l.resim_negative_kernel = 3
+  m.region_dim = 128               # Sec. 3.4's two 3x3 convs; 0: none (official FPN code).
+  m.fpn_dim = 256
+  # CLoVE.
+  l.clove_t_pos = 0.7
+  l.clove_top_k = 10
+  l.clove_margin = 100.0           # The paper's mu (Sec. 6).
+  l.clove_lambda = 1.0
+  m.dense_hidden = 4096
+  m.dense_dim = 256
+  m.dense_attention_heads = 8
+  m.dense_attention_temperature = 0.1   # Not stated in the paper: an assumption.
+  return c
+
+
+def finish_composed(c):
+  """Keys that follow the preset's view size; call after apply_preset."""
+  size = c.data.image_size
+  c.loss.min_box_size = 32.0 * size / 224    # SCRL's 32 px at 224 px views.
+  c.loss.sampling_ratio = max(1, size // 32)
   return c
 
 

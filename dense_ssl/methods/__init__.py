@@ -1,6 +1,7 @@
 """Method registry: config.method -> the class that computes its loss."""
 
 from dense_ssl.methods import byol
+from dense_ssl.methods import compose
 from dense_ssl.methods import detcon_b
 from dense_ssl.methods import detcon_s
 from dense_ssl.methods import lc_byol
@@ -14,6 +15,11 @@ METHODS = {
     'detcon_s': detcon_s.DetConS,
     'scrl': scrl.SCRL,
     'lc_byol': lc_byol.LCBYOL,
+    # Composed from config.objectives (methods/compose.py):
+    'moco': compose.Composed,
+    'resim': compose.Composed,
+    'clove': compose.Composed,
+    'compose': compose.Composed,
 }
 
 

@@ -12,6 +12,7 @@ import jax
 
 from dense_ssl.losses import detcon as detcon_losses
 from dense_ssl.methods import base
+from dense_ssl.methods import compose
 from dense_ssl.ops import mask_pool as mp
 
 
@@ -73,3 +74,29 @@ class DetConB(DetConMasks, base.Method):
                           t1['projection'], t2['projection'], ids1, ids2)
     return loss, (stats, tstats, base.as_metrics(
         loss=loss, **{f'detcon_{k}': v for k, v in m.items()}))
+
+
+class DetConObjective(DetConMasks, compose.Objective):
+  """DetCon-B's contrastive detection term on mask-pooled C5 (needs data.mask)."""
+  name = 'detcon'
+  uses_predictor = True
+
+  def plan(self, batch, rng):
+    (pool1, ids1), (pool2, ids2) = self.view_pools(batch, rng)
+    return dict(pools=(pool1, pool2), ids=(ids1, ids2))
+
+  def pools(self, plan, view):
+    return {'masks': plan['pools'][view]}
+
+  def init_pools(self, batch):
+    return {'masks': self.init_pool(batch)}
+
+  def gather_axis(self):
+    return base.AXIS if self.config.loss.get('gather_negatives', True) else None
+
+  def loss(self, ctx, plan, state):
+    (o1, o2), (t1, t2) = ctx.online, ctx.target
+    loss, m = self.detcon(o1['prediction']['masks'], o2['prediction']['masks'],
+                          t1['projection']['masks'], t2['projection']['masks'],
+                          *plan['ids'])
+    return loss, m, state

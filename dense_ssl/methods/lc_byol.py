@@ -12,6 +12,7 @@ on C5, with its EMA twin on the target side.
 from dense_ssl.losses import byol as byol_losses
 from dense_ssl.losses import lc as lc_losses
 from dense_ssl.methods import base
+from dense_ssl.methods import compose
 from dense_ssl.ops import geometry
 
 
@@ -45,3 +46,25 @@ class LCBYOL(base.Method):
     loss = (1 - c.lc_alpha) * global_loss + c.lc_alpha * local_loss
     return loss, (stats, tstats, base.as_metrics(
         loss=loss, byol_loss=global_loss, lc_loss=local_loss, lc_valid_pairs=frac))
+
+
+class LCObjective(compose.Objective):
+  """LC-loss's local term: target local map of view 1 (I_c), online of view 2 (I_sc)."""
+  name = 'lc'
+  passes = frozenset({(compose.TARGET, 0), (compose.ONLINE, 1)})
+
+  def network_heads(self):
+    m = self.config.model
+    return dict(local_hidden=m.local_hidden or 2048 * m.width_multiplier,
+                local_dim=m.local_dim)
+
+  def loss(self, ctx, plan, state):
+    t1, o2 = ctx.target[0], ctx.online[1]
+    b = ctx.batch
+    coords, valid = geometry.cell_correspondence(
+        b['view1/box'], b['view1/flip'], b['view2/box'], b['view2/flip'],
+        t1['local'].shape[1:3], o2['local'].shape[1:3])
+    loss, frac = lc_losses.local_contrastive_loss(
+        t1['local'], o2['local'], coords, valid,
+        temperature=self.config.loss.lc_temperature)
+    return loss, dict(valid_pairs=frac), state

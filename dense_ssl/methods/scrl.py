@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from dense_ssl.losses import byol as byol_losses
 from dense_ssl.losses import scrl as scrl_losses
 from dense_ssl.methods import base
+from dense_ssl.methods import compose
 from dense_ssl.ops import geometry
 from dense_ssl.ops import roi
 
@@ -120,3 +121,34 @@ class SCRL(base.Method):
       loss = loss + c.global_weight * global_loss
       metrics['byol_global_loss'] = global_loss
     return loss, (stats, tstats, base.as_metrics(loss=loss, **metrics))
+
+
+class SCRLObjective(compose.Objective):
+  """SCRL's box term: K matched boxes per image through the shared heads."""
+  name = 'scrl'
+  uses_predictor = True
+
+  def _pool(self, boxes):
+    c = self.config.loss
+    return box_pool(boxes, sampling_ratio=int(c.sampling_ratio),
+                    aligned=bool(c.roi_aligned), with_global=False)
+
+  def plan(self, batch, rng):
+    return sample_view_boxes(rng, batch, self.config.loss)
+
+  def init_pools(self, batch):
+    images = batch['view1/image']
+    whole = jnp.array([0.0, 0.0, images.shape[2], images.shape[1]], jnp.float32)
+    return {'boxes': self._pool(jnp.broadcast_to(
+        whole, (images.shape[0], self.config.loss.num_boxes, 4)))}
+
+  def pools(self, plan, view):
+    return {'boxes': self._pool(plan['boxes_a' if view == 0 else 'boxes_b'])}
+
+  def loss(self, ctx, plan, state):
+    (o1, o2), (t1, t2) = ctx.online, ctx.target
+    loss, m = scrl_losses.scrl_loss(
+        o1['prediction']['boxes'], o2['prediction']['boxes'],
+        t1['projection']['boxes'], t2['projection']['boxes'], plan['valid'],
+        axis_name=base.AXIS)
+    return loss, m, state

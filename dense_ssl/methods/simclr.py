@@ -6,6 +6,7 @@ projections with negatives from the whole (gathered) batch.
 
 from dense_ssl.losses import simclr as simclr_losses
 from dense_ssl.methods import base
+from dense_ssl.methods import compose
 
 
 class SimCLR(base.Method):
@@ -22,3 +23,20 @@ class SimCLR(base.Method):
         o1['projection'], o2['projection'], temperature=self.config.loss.temperature,
         axis_name=self.gather_axis())
     return loss, (stats, None, base.as_metrics(loss=loss, **{f'simclr_{k}': v for k, v in m.items()}))
+
+
+class SimCLRObjective(compose.Objective):
+  """SimCLR's NT-Xent on the online projections of both views (no target)."""
+  name = 'simclr'
+  uses_target = False
+  passes = frozenset({(compose.ONLINE, 0), (compose.ONLINE, 1)})
+
+  def pools(self, plan, view):
+    return {'global': compose.global_vectors}
+
+  def loss(self, ctx, plan, state):
+    z1, z2 = (o['projection']['global'][:, 0] for o in ctx.online)
+    axis = base.AXIS if self.config.loss.get('gather_negatives', True) else None
+    loss, m = simclr_losses.nt_xent_loss(z1, z2, temperature=self.config.loss.temperature,
+                                         axis_name=axis)
+    return loss, m, state
