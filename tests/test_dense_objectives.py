@@ -1,0 +1,244 @@
+"""MoCo-v2, ReSim and CLoVE: losses on hand-built cases and float64 references,
+the NMHSA predictor, devices, the MoCo queue through checkpoints, real steps.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import clove as clove_config
+from configs import detcon_b_lc
+from configs import moco as moco_config
+from configs import resim as resim_config
+from dense_ssl import convert
+from dense_ssl import train
+from dense_ssl.losses import clove as clove_losses
+from dense_ssl.losses import moco as moco_losses
+from dense_ssl.losses import resim as resim_losses
+from dense_ssl.models import heads
+from tests import mask_records
+from tests.test_methods import fake_batch
+from tests.test_train import one_step
+
+
+def _unit(x):
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _logsumexp(x):
+  m = x.max(-1, keepdims=True)
+  return (m + np.log(np.exp(x - m).sum(-1, keepdims=True)))[..., 0]
+
+
+# ------------------------------------------------------------------ MoCo ---
+
+def test_moco_loss_equals_float64_infonce():
+  r = np.random.default_rng(0)
+  q, k = r.normal(size=(6, 8)), r.normal(size=(6, 8))
+  queue = _unit(r.normal(size=(32, 8)))
+  loss, _ = moco_losses.moco_loss(jnp.float32(q), jnp.float32(k), jnp.float32(queue),
+                                  temperature=0.2)
+  qn, kn = _unit(q), _unit(k)
+  logits = np.concatenate([(qn * kn).sum(-1, keepdims=True), qn @ queue.T], -1) / 0.2
+  want = np.mean(_logsumexp(logits) - logits[:, 0])
+  np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+  # The true key is easy to find against random negatives when q == k.
+  easy, acc = moco_losses.moco_loss(jnp.float32(q), jnp.float32(q), jnp.float32(queue))
+  assert float(easy) < float(loss) and float(acc) == 1.0
+
+
+def test_enqueue_is_a_fifo_that_wraps():
+  queue = jnp.zeros((8, 2))
+  keys = jnp.arange(8.0).reshape(4, 2) + 1
+  queue, ptr = moco_losses.enqueue(queue, jnp.int32(0), keys)
+  assert int(ptr) == 4
+  queue, ptr = moco_losses.enqueue(queue, ptr, keys + 100)
+  queue, ptr = moco_losses.enqueue(queue, ptr, keys + 200)
+  assert int(ptr) == 4
+  np.testing.assert_array_equal(queue[:4], keys + 200)    # Oldest overwritten.
+  np.testing.assert_array_equal(queue[4:], keys + 100)
+
+
+# ----------------------------------------------------------------- ReSim ---
+
+def test_region_contrast_equals_float64_reference_and_ignores_invalid():
+  r = np.random.default_rng(1)
+  q, k = r.normal(size=(2, 5, 8)), r.normal(size=(2, 5, 8))
+  neg = _unit(r.normal(size=(20, 8)))
+  valid = np.array([[1, 1, 0, 1, 0], [0, 1, 1, 1, 1]], bool)
+  q_nan = q.copy()
+  q_nan[~valid] = np.nan                                   # Invalid slots may hold anything.
+  loss, m = resim_losses.region_contrast_loss(jnp.float32(q_nan), jnp.float32(k),
+                                              jnp.asarray(valid), jnp.float32(neg),
+                                              temperature=0.2)
+  qn, kn = _unit(q), _unit(k)
+  logits = np.concatenate([(qn * kn).sum(-1)[..., None], qn @ neg.T], -1) / 0.2
+  ce = _logsumexp(logits) - logits[..., 0]
+  np.testing.assert_allclose(float(loss), ce[valid].mean(), rtol=1e-5)
+  assert float(m['valid_windows_per_image']) == 3.5
+
+
+def test_region_contrast_low_at_true_windows_high_when_shuffled():
+  r = np.random.default_rng(2)
+  feats = r.normal(size=(1, 12, 16)).astype(np.float32)
+  key_map = r.normal(size=(2, 6, 6, 16)).astype(np.float32)
+  neg = resim_losses.key_map_negatives(jnp.asarray(key_map))
+  assert neg.shape == (2 * 4 * 4, 16)
+  np.testing.assert_allclose(np.linalg.norm(neg, axis=-1), 1.0, rtol=1e-5)
+  valid = jnp.ones((1, 12), bool)
+  good, _ = resim_losses.region_contrast_loss(feats, feats, valid, neg)
+  bad, _ = resim_losses.region_contrast_loss(feats, feats[:, ::-1], valid, neg)
+  assert float(good) < 0.5 * float(bad)
+
+
+# ----------------------------------------------------------------- CLoVE ---
+
+def _hard_negative_reference(pred, target, positive, k):
+  out = np.zeros(pred.shape)
+  for b in range(pred.shape[0]):
+    for i in range(pred.shape[1]):
+      cand = [j for j in range(target.shape[1]) if not positive[b, i, j]]
+      cand.sort(key=lambda j: -float(pred[b, i] @ target[b, j]))
+      use = cand[1:k]                      # Top k, the hardest dropped.
+      if use:
+        out[b, i] = target[b, use].mean(0)
+  return out
+
+
+def test_hard_negatives_are_the_top_k_non_neighbours_without_the_hardest():
+  r = np.random.default_rng(3)
+  pred, target = _unit(r.normal(size=(2, 6, 8))), _unit(r.normal(size=(2, 9, 8)))
+  positive = r.random((2, 6, 9)) < 0.3
+  positive[0, 0] = True                       # No negative left: zero vector.
+  for k in (3, 10):
+    got, _ = clove_losses.hard_negative_mean(jnp.float32(pred), jnp.float32(target),
+                                             jnp.asarray(positive), top_k=k)
+    np.testing.assert_allclose(got, _hard_negative_reference(pred, target, positive, k),
+                               atol=1e-6)
+
+
+def test_clove_loss_lower_when_predictions_match_their_neighbours():
+  r = np.random.default_rng(4)
+  target = r.normal(size=(2, 16, 32)).astype(np.float32)
+  positive = np.broadcast_to(np.eye(16, dtype=bool), (2, 16, 16))
+  kw = dict(top_k=10, margin=0.5, lam=1.0)
+  good, m = clove_losses.clove_loss(target, target, positive, **kw)
+  shuffled = target[:, r.permutation(16)]
+  bad, _ = clove_losses.clove_loss(shuffled, target, positive, **kw)
+  assert float(good) < float(bad)
+  np.testing.assert_allclose(float(m['positive_cos']), 1.0, rtol=1e-5)
+  # Eq. 2 by hand for one pair set: mean of max(0, -cos_pos + cos_neg + mu).
+  t = _unit(target.astype(np.float64))
+  neg = _unit(_hard_negative_reference(t, t, positive, 10))
+  want = np.maximum(0, -1.0 + (t * neg).sum(-1) + 0.5).mean()
+  np.testing.assert_allclose(float(good), want, rtol=1e-5)
+
+
+def test_normalised_attention_matches_a_numpy_reference():
+  x = np.random.default_rng(5).normal(size=(2, 3, 3, 16)).astype(np.float32)
+  mod = heads.NormalizedMultiHeadAttention(num_heads=4, temperature=0.1)
+  params = mod.init(jax.random.key(0), x)['params']
+  got = mod.apply({'params': params}, x)
+  p = jax.tree.map(np.asarray, params)
+  f = x.reshape(2, 9, 16).astype(np.float64)
+  proj = lambda n: np.einsum('bld,dhk->blhk', f, p[n]['kernel']) + p[n]['bias']
+  q, k, v = _unit(proj('query')), _unit(proj('key')), proj('value')
+  logits = np.einsum('blhd,bmhd->bhlm', q, k) / 0.1
+  attn = np.exp(logits - logits.max(-1, keepdims=True))
+  attn /= attn.sum(-1, keepdims=True)
+  y = np.einsum('bhlm,bmhd->blhd', attn, v)
+  want = np.einsum('blhd,hdo->blo', y, p['out']['kernel']) + p['out']['bias']
+  np.testing.assert_allclose(np.asarray(got).reshape(2, 9, 16), want, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------ devices and real steps ---
+
+def _config(module, preset='test', **overrides):
+  c = module.get_config(preset)
+  for key, value in overrides.items():
+    node = c
+    *path, last = key.split('.')
+    for p in path:
+      node = node[p]
+    node[last] = value
+  return c
+
+
+# ReSim-C4 (negatives gathered over devices). ReSim-FPN's P3 negatives come
+# from each device's own images, as in the paper, so its loss does depend on
+# the split of the batch.
+@pytest.mark.parametrize('module,overrides', [
+    (resim_config, {}),
+    (clove_config, {}),
+])
+def test_one_device_equals_four_devices(module, overrides):
+  config = _config(module, **overrides, **{'optimizer.base_lr': 1.0})
+  batch = fake_batch(8, 1)
+  batch['view2/box'] = np.tile(np.array([0.1, 0.2, 0.9, 1.0], np.float32), (8, 1))
+  batch['view2/flip'] = np.array([0, 1] * 4, np.int32)
+  _, s1, m1 = one_step(config, batch, 1)
+  _, s4, m4 = one_step(config, batch, 4)
+  np.testing.assert_allclose(m1['loss'], m4['loss'], rtol=1e-5)
+  close = lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)
+  jax.tree.map(close, s1.online_params, s4.online_params)
+  jax.tree.map(close, s1.method_state, s4.method_state)   # MoCo's queue, in order.
+  if 'moco' in s1.method_state:
+    assert int(s1.method_state['moco']['pointer']) == 8
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  d = str(tmp_path_factory.mktemp('masks'))
+  mask_records.write_blocky_dataset(d, num_examples=16, size=64, num_shards=4)
+  return d
+
+
+@pytest.mark.parametrize('module,overrides,expect', [
+    (moco_config, {}, 'moco_accuracy'),
+    (resim_config, {}, 'resim_c4_valid_windows_per_image'),
+    (resim_config, {'loss.resim_variant': 'fpn'}, 'resim_p3_valid_windows_per_image'),
+    (clove_config, {}, 'clove_positive_pairs_per_image'),
+    (detcon_b_lc, {}, 'lc_valid_pairs'),
+])
+def test_one_real_step(module, overrides, expect, data_dir, tmp_path):
+  config = _config(module, **overrides, **{'data.dir': data_dir, 'total_steps': 1})
+  out = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  metrics = out['metrics']
+  assert out['finished'] and np.isfinite(metrics['train/loss'])
+  assert metrics[f'train/{expect}'] > 0
+  if overrides.get('loss.resim_variant') == 'fpn':
+    fpn = out['state'].online_params['fpn']
+    assert sorted(fpn) == ['lateral_3', 'lateral_4', 'lateral_5', 'output_3', 'output_4']
+    report = convert.convert(str(tmp_path / 'run'), 'detectron2', str(tmp_path / 'r.pkl'),
+                             verify=False, log=lambda *_: None)
+    names = set(report['export'].tensors)
+    assert {'fpn_lateral3.weight', 'fpn_lateral5.bias', 'fpn_output4.weight'} <= names
+    assert 'fpn_output5.weight' not in names
+
+
+def test_moco_queue_is_checkpointed_and_resume_is_exact(data_dir, tmp_path):
+  config = _config(moco_config, **{'data.dir': data_dir, 'total_steps': 3})
+  full = train.train_and_evaluate(config, str(tmp_path / 'full'))['state']
+  part = str(tmp_path / 'part')
+  train.train_and_evaluate(config, part, stop_after_steps=2)
+  resumed = train.train_and_evaluate(config, part)['state']
+  q_full, q_res = (np.asarray(s.method_state['moco']['queue']) for s in (full, resumed))
+  assert int(resumed.method_state['moco']['pointer']) == 3 * 8 % 64
+  np.testing.assert_array_equal(q_full, q_res)
+  jax.tree.map(np.testing.assert_array_equal, full.online_params, resumed.online_params)
+  np.testing.assert_allclose(np.linalg.norm(q_full, axis=-1), 1.0, rtol=1e-5)
+
+
+def test_paper_presets():
+  c = resim_config.get_config('paper')
+  assert (c.batch_size, c.total_epochs, c.loss.moco_queue_size) == (256, 200.0, 65536)
+  assert c.optimizer.name == 'sgd' and c.optimizer.base_lr == 0.03
+  assert (c.ema.base, c.ema.schedule, c.loss.moco_temperature) == (0.999, 'constant', 0.2)
+  assert c.model.projector_dim == 128 and not c.model.projector_bn and c.data.shared_flip
+  assert resim_config.get_config('in100').loss.moco_queue_size == 16384
+  c = clove_config.get_config('paper')
+  assert (c.batch_size, c.optimizer.base_lr, c.optimizer.weight_decay) == (2048, 1.0, 2e-5)
+  assert (c.loss.clove_t_pos, c.loss.clove_top_k, c.model.dense_attention_heads) == (0.7, 10, 8)
+  c = detcon_b_lc.get_config('paper')
+  assert (c.objectives.detcon, c.objectives.lc, c.data.mask) == (0.9, 0.1, 'fh')
