@@ -86,6 +86,16 @@ its sidecar exists. Re-running the same command skips complete shards,
 deletes stale temporary files and redoes the rest; re-running with different
 parameters (or a changed source folder) into the same --out_dir is refused.
 Two runs must not write into one --out_dir at the same time.
+
+Apache Beam (--runner)
+----------------------
+With --runner=DirectRunner|DataflowRunner|FlinkRunner|SparkRunner|PortableRunner
+the same job runs as a Beam pipeline (data_pipeline/beam_precompute.py; pip
+install -r requirements-beam.txt): the same checks, shard tasks, shards and
+sidecars, one shard per element, manifest.json written by the pipeline's last
+step. The flags above keep their meaning (--num_workers and --progress_every_s
+are the local mode's); any other flag is a Beam pipeline option, e.g.
+  --runner=DirectRunner --direct_num_workers=2 --direct_running_mode=multi_processing
 """
 
 import collections
@@ -149,6 +159,11 @@ flags.DEFINE_integer('limit', None, 'Use only the first N inputs (smoke runs).',
                      flag_values=FLAGS)
 flags.DEFINE_float('progress_every_s', 5.0, 'Seconds between progress lines.',
                    flag_values=FLAGS)
+flags.DEFINE_string('runner', None, 'Run as an Apache Beam pipeline on this runner'
+                    ' (DirectRunner, DataflowRunner, FlinkRunner, SparkRunner,'
+                    ' PortableRunner); the flags this tool does not know are passed'
+                    ' to Beam as pipeline options. Default: local worker processes.'
+                    ' See data_pipeline/beam_precompute.py.', flag_values=FLAGS)
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
 # PIL format -> record format, for files whose bytes may be kept.
@@ -896,9 +911,28 @@ def _run_tasks(tasks, num_workers, progress):
   return out
 
 
-def precompute(params, log=print):
-  """Runs the whole job (see the module docstring); returns the manifest dict."""
-  t0 = time.perf_counter()
+@dataclasses.dataclass
+class Plan:
+  """What a run will do, decided before any shard is computed (local and Beam)."""
+  params: Params
+  source: Source
+  fh_entries: list
+  mask_names: tuple
+  num_shards: int
+  out_dir: str
+  tasks: list             # ShardTasks of the shards still to compute
+  done: dict              # shard index -> sidecar, shards complete before this run
+  resumed: bool
+  stale: int              # stale temporary files removed
+  todo: int               # inputs in `tasks`
+
+
+def plan_job(params, log=print, out_dir=None):
+  """Checks the parameters and --out_dir (params.json), lists the shard tasks.
+
+  `out_dir` (default: --out_dir, made absolute) is where params.json and the
+  sidecars are checked and where the tasks write.
+  """
   if not params.source:
     raise PrecomputeError('--source is required: folder:DIR, tfds:NAME:SPLIT or demo')
   if not params.out_dir:
@@ -937,15 +971,15 @@ def precompute(params, log=print):
       'min_image_size': params.min_image_size, 'num_items': n, 'num_shards': k,
       'items_fingerprint': source.fingerprint,
   }))
-  out_dir = os.path.abspath(params.out_dir)
+  out_dir = os.path.abspath(params.out_dir if out_dir is None else out_dir)
   resumed = _check_out_dir(out_dir, run_params)
   stale = _remove_stale(out_dir, params.split_name)
-  tasks, sidecars = [], {}
+  tasks, done = [], {}
   for i in range(k):
     file = _shard_name(params.split_name, i, k)
     sidecar = _read_sidecar(out_dir, file)
     if sidecar is not None:
-      sidecars[i] = sidecar
+      done[i] = sidecar
       continue
     ids = tuple(folder_ids[i::k]) if folder_ids is not None else ()
     tasks.append(ShardTask(
@@ -954,31 +988,29 @@ def precompute(params, log=print):
         max_pixels=params.max_pixels, min_image_size=params.min_image_size,
         mask_names=mask_names))
   todo = sum(len(shard_positions(source, k, t.index)) for t in tasks)
-  workers = max(1, min(params.num_workers or _default_workers(), len(tasks)))
   log(f'precompute_masks: {source.description}: {n} inputs -> {k} shards in {out_dir};'
       f' maps {", ".join(mask_names)}')
   if resumed:
-    log(f'resuming: {len(sidecars)} of {k} shards already complete (skipped),'
+    log(f'resuming: {len(done)} of {k} shards already complete (skipped),'
         f' {len(tasks)} to compute; removed {stale} stale temporary files')
-  if tasks:
-    log(f'computing {len(tasks)} shards ({todo} inputs) with {workers} worker'
-        f'{"s" if workers > 1 else ""}')
-  progress = Progress(todo, params.progress_every_s, log)
-  for sidecar in _run_tasks(tasks, workers, progress):
-    sidecars[sidecar['shard_index']] = sidecar
-  if tasks:
-    progress.maybe_print(force=True)
-  shards = [sidecars[i] for i in range(k)]
+  return Plan(params=params, source=source, fh_entries=fh_entries,
+              mask_names=mask_names, num_shards=k, out_dir=out_dir, tasks=tasks,
+              done=done, resumed=resumed, stale=stale, todo=todo)
+
+
+def build_manifest(plan, sidecars, *, parameters, timing, runner='local'):
+  """manifest.json's content from the sidecars ({shard index: sidecar}, all shards)."""
+  shards = [sidecars[i] for i in range(plan.num_shards)]
   failures = [f for s in shards for f in s['failures']]
-  elapsed = time.perf_counter() - t0
-  manifest = {
+  return {
       'format_version': records.FORMAT_VERSION,
-      'split': params.split_name,
-      'source': source.description,
-      'parameters': {**dataclasses.asdict(params), 'num_workers': workers},
+      'split': plan.params.split_name,
+      'source': plan.source.description,
+      'runner': runner,
+      'parameters': parameters,
       'num_examples': sum(s['num_examples'] for s in shards),
-      'mask_names': list(mask_names),
-      'fh': fh_entries,
+      'mask_names': list(plan.mask_names),
+      'fh': plan.fh_entries,
       'shards': [{'file': s['file'], 'num_examples': s['num_examples'],
                   'num_failures': s['num_failures']} for s in shards],
       'failures': failures,
@@ -988,19 +1020,47 @@ def precompute(params, log=print):
                                     for s in shards), collections.Counter())),
       'versions': versions(),
       'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-      'timing': {
+      'timing': timing,
+  }
+
+
+def manifest_summary(manifest, out_dir, elapsed):
+  """The last log line of a run."""
+  return (f'wrote {manifest["num_examples"]} examples in {len(manifest["shards"])} shards'
+          f' ({manifest["num_failures"]} failures, {manifest["num_transcoded"]}'
+          f' transcoded) in {_duration(elapsed)}; manifest:'
+          f' {os.path.join(out_dir, "manifest.json")}')
+
+
+def precompute(params, log=print):
+  """Runs the whole job (see the module docstring); returns the manifest dict."""
+  t0 = time.perf_counter()
+  plan = plan_job(params, log)
+  tasks = plan.tasks
+  workers = max(1, min(params.num_workers or _default_workers(), len(tasks)))
+  if tasks:
+    log(f'computing {len(tasks)} shards ({plan.todo} inputs) with {workers} worker'
+        f'{"s" if workers > 1 else ""}')
+  progress = Progress(plan.todo, params.progress_every_s, log)
+  sidecars = dict(plan.done)
+  for sidecar in _run_tasks(tasks, workers, progress):
+    sidecars[sidecar['shard_index']] = sidecar
+  if tasks:
+    progress.maybe_print(force=True)
+  elapsed = time.perf_counter() - t0
+  manifest = build_manifest(
+      plan, sidecars,
+      parameters={**dataclasses.asdict(params), 'num_workers': workers},
+      timing={
           'elapsed_s': round(elapsed, 3),
           'inputs_this_run': progress.done,
           'shards_this_run': len(tasks),
           'startup_s': None if progress.first is None else round(progress.first, 3),
-          'shard_seconds': round(sum(s['seconds'] for s in shards), 3),
+          'shard_seconds': round(sum(s['seconds'] for s in sidecars.values()), 3),
           'num_workers': workers,
-      },
-  }
-  _write_json_atomic(os.path.join(out_dir, 'manifest.json'), manifest)
-  log(f'wrote {manifest["num_examples"]} examples in {k} shards'
-      f' ({manifest["num_failures"]} failures, {manifest["num_transcoded"]} transcoded)'
-      f' in {_duration(elapsed)}; manifest: {os.path.join(out_dir, "manifest.json")}')
+      })
+  _write_json_atomic(os.path.join(plan.out_dir, 'manifest.json'), manifest)
+  log(manifest_summary(manifest, plan.out_dir, elapsed))
   return manifest
 
 
@@ -1013,24 +1073,38 @@ def main(argv=None):
     return 0
   FLAGS.unparse_flags()
   try:
-    rest = FLAGS(argv)
+    # With --runner, the flags this tool does not know are Beam pipeline options.
+    rest = FLAGS(argv, known_only=True)
+    if not FLAGS.runner:
+      FLAGS.unparse_flags()
+      rest = FLAGS(argv)
   except flags.Error as e:
     print(f'precompute_masks: error: {e}', file=sys.stderr)
     return 2
-  if len(rest) > 1:
+  if not FLAGS.runner and len(rest) > 1:
     print(f'precompute_masks: error: unexpected arguments {rest[1:]}', file=sys.stderr)
     return 2
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # Inherited by the workers.
+  log = lambda s: print(s, flush=True)
   try:
-    manifest = precompute(params_from_flags(), log=lambda s: print(s, flush=True))
+    if FLAGS.runner:
+      from data_pipeline import beam_precompute  # Lazy: apache_beam is optional.
+      try:
+        manifest = beam_precompute.run(params_from_flags(), FLAGS.runner, rest[1:],
+                                       log=log)
+      except beam_precompute.pm.PrecomputeError as e:  # Another class if run as __main__.
+        raise PrecomputeError(str(e)) from None
+    else:
+      manifest = precompute(params_from_flags(), log=log)
   except PrecomputeError as e:
     print(f'precompute_masks: error: {e}', file=sys.stderr)
     return 2
   if manifest['num_examples'] == 0:
     reasons = collections.Counter(f['reason'].split(':')[0] for f in manifest['failures'])
+    out_dir = FLAGS.out_dir if '://' in FLAGS.out_dir else os.path.abspath(FLAGS.out_dir)
     print(f'precompute_masks: error: every one of the {manifest["num_failures"]} inputs'
           f' failed ({dict(reasons.most_common(5))}); the reasons are listed in'
-          f' {os.path.join(os.path.abspath(FLAGS.out_dir), "manifest.json")}',
+          f' {os.path.join(out_dir, "manifest.json")}',
           file=sys.stderr)
     return 1
   return 0

@@ -6,7 +6,7 @@
 #   bash launch/test.sh                 # whole suite
 #   bash launch/test.sh tests/test_x.py # extra args go to pytest
 set -euo pipefail
-source "$(dirname "$0")/setup_env.sh" requirements-torch.txt requirements-dev.txt
+source "$(dirname "$0")/setup_env.sh" requirements-torch.txt requirements-dev.txt requirements-beam.txt
 export JAX_PLATFORMS=cpu
 # Two workers use both cores: most tests are single-threaded compile work.
 workers="${PYTEST_WORKERS:-2}"
