@@ -1,0 +1,48 @@
+"""LC-loss's flip test tool: the accuracy on hand-built features, and the CLI path."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from configs import lc_byol as lc_config
+from dense_ssl import flip_test
+from dense_ssl import train
+from tests import mask_records
+
+
+def test_accuracy_is_one_for_mirrored_features_and_zero_without_the_mirror():
+  r = np.random.default_rng(0)
+  a = r.normal(size=(3, 4, 6, 8))
+  acc, err = flip_test.correspondence_accuracy(a, a[:, :, ::-1])
+  assert (acc, err) == (1.0, 0.0)
+  # Flip-invariant features (what a global loss can settle for) match the
+  # same cell, never its mirror when the width is even.
+  acc, err = flip_test.correspondence_accuracy(a, a)
+  assert acc == 0.0 and err > 0
+  # One row shifted down: half the rows of a 2-row grid are wrong.
+  b = a[:, :2, ::-1].copy()
+  acc, _ = flip_test.correspondence_accuracy(a[:, :2], b[:, ::-1])
+  assert acc == 0.0
+
+
+def test_flip_test_on_a_trained_checkpoint(tmp_path):
+  data = str(tmp_path / 'masks')
+  mask_records.write_blocky_dataset(data, num_examples=8, size=64, num_shards=2)
+  config = lc_config.get_config('test')
+  config.data.dir = data
+  config.total_steps = 1
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir)
+  result = flip_test.run(workdir, data, feature='c4', num_images=6, image_size=64,
+                         batch_size=4)
+  assert result['grid'] == [4, 4] and result['num_images'] == 6
+  assert 0.0 <= result['accuracy'] <= 1.0 and result['chance'] == 1 / 16
+  out = tmp_path / 'flip.json'
+  run = subprocess.run(
+      [sys.executable, '-m', 'dense_ssl.flip_test', f'--workdir={workdir}',
+       f'--data_dir={data}', '--num_images=4', '--image_size=64', '--feature=c4',
+       f'--out={out}'], capture_output=True, text=True, check=True)
+  assert 'correspondence accuracy' in run.stdout
+  assert json.loads(out.read_text())['num_images'] == 4
