@@ -39,6 +39,15 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0-based.')
 _DIST_TIMEOUT = flags.DEFINE_integer(
     'distributed_timeout_s', 300,
     'Fail when the other processes have not joined within this many seconds.')
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    'heartbeat_timeout_s', 100,
+    'When a process has sent no heartbeat to the coordinator (process 0) for '
+    'this many seconds (it died, or its host was lost), JAX terminates every '
+    'other process with "the JAX distributed service detected fatal errors" '
+    'instead of letting it hang in a collective; the launcher must then '
+    'restart ALL processes, which resume from the latest checkpoint. Also '
+    'how long the others take to notice. 100 is JAX\'s default; lower it to '
+    'fail faster, but keep it well above any pause of a busy host.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -95,7 +104,8 @@ def main(argv):
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value,
-                               initialization_timeout=_DIST_TIMEOUT.value)
+                               initialization_timeout=_DIST_TIMEOUT.value,
+                               heartbeat_timeout_seconds=_HEARTBEAT_TIMEOUT.value)
   from dense_ssl import train  # pylint: disable=g-import-not-at-top
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)

@@ -7,6 +7,14 @@ Joins N processes of D CPU devices each over 127.0.0.1:P (gloo collectives),
 runs S DetCon-B train steps (configs/detcon_b.py:test) on a fixed global
 batch, each process feeding only its own devices' slice of it, and writes
 the loss and the replicated online parameters as this process sees them.
+
+  python -m tests.multiprocess_worker --record=FILE.npz MAIN_FLAGS...
+
+Runs the trainer's entry point (dense_ssl.main, same flags) unchanged, with
+two test hooks: every process logs at INFO (main.py quiets processes > 0,
+and the tests read "resuming from step N" from each), and when training
+returns, FILE.npz gets the final step, the last logged loss and the online
+parameters as THIS process holds them.
 """
 
 import os
@@ -48,7 +56,34 @@ def run(steps):
   return losses, flat
 
 
+def record_main(out, main_flags):
+  """dense_ssl.main with `main_flags`; saves this process's final state to out."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from dense_ssl import main as entry  # pylint: disable=g-import-not-at-top
+  from dense_ssl import train  # pylint: disable=g-import-not-at-top
+  train_and_evaluate = train.train_and_evaluate
+
+  def recorded(config, workdir, **kwargs):
+    logging.set_verbosity(logging.INFO)  # Also on processes > 0.
+    result = train_and_evaluate(config, workdir, **kwargs)
+    if result.get('state') is not None:
+      flat = {'/'.join(str(k.key) for k in path): np.asarray(x.addressable_data(0))
+              for path, x in jax.tree_util.tree_leaves_with_path(
+                  result['state'].online_params)}
+      np.savez(out, step=result['step'],
+               loss=result['metrics'].get('train/loss', np.nan), **flat)
+    return result
+
+  train.train_and_evaluate = recorded
+  app.run(entry.main, argv=['dense_ssl.main'] + list(main_flags))
+
+
 def main(argv):
+  if argv[1].startswith('--record='):
+    return record_main(argv[1].split('=', 1)[1], argv[2:])
   args = dict(a.lstrip('-').split('=', 1) for a in argv[1:])
   os.environ['XLA_FLAGS'] = (
       f'--xla_force_host_platform_device_count={args["devices"]}')

@@ -2,13 +2,16 @@
 
 Checks the multi-host code paths of the trainer: global arrays built from
 per-process data, cross-process BatchNorm and gathers, cooperative orbax
-checkpoints, per-process data shards and resume.
+checkpoints, per-process data shards and resume, and what happens when one
+process dies mid-run (the others exit; a full relaunch resumes exactly).
 """
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -25,12 +28,27 @@ def free_port():
     return s.getsockname()[1]
 
 
-def launch(commands, timeout=600, expect_ok=True):
-  """Starts one process per command (env: 2 CPU devices each); waits for all."""
+def start(commands, logs=None):
+  """Starts one process per command (env: 2 CPU devices each).
+
+  Output goes to pipes, or to the files named in `logs` (one per command).
+  """
   env = dict(os.environ, JAX_PLATFORMS='cpu',
              XLA_FLAGS='--xla_force_host_platform_device_count=2')
-  procs = [subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True) for c in commands]
+  outputs = ([subprocess.PIPE] * len(commands) if logs is None
+             else [open(f, 'w') for f in logs])  # pylint: disable=consider-using-with
+  procs = [subprocess.Popen(c, cwd=REPO, env=env, stdout=out,
+                            stderr=subprocess.STDOUT, text=True)
+           for c, out in zip(commands, outputs)]
+  if logs is not None:
+    for f in outputs:
+      f.close()  # The children hold their own descriptors.
+  return procs
+
+
+def launch(commands, timeout=600, expect_ok=True):
+  """Starts one process per command (env: 2 CPU devices each); waits for all."""
+  procs = start(commands)
   outs = []
   try:
     for p in procs:
@@ -113,3 +131,96 @@ def test_unreachable_coordinator_is_a_clear_error(tmp_path):
       env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert run.returncode == 1
   assert 'cannot reach the coordinator 127.0.0.1:' in run.stderr
+
+
+def test_losing_a_process_stops_the_others_and_all_resume_exactly(data_dir, tmp_path):
+  """A host dies mid-run: the survivor exits by itself; a full restart resumes.
+
+  Process 1 is SIGKILLed once a checkpoint is on disk. Process 0 then fails
+  in its next collective (gloo: connection reset) and, at the latest after
+  --heartbeat_timeout_s, JAX's coordination service declares task 1 dead
+  and terminates it ("the JAX distributed service detected fatal errors").
+  Relaunching BOTH processes on the workdir resumes from the last complete
+  checkpoint and ends where an uninterrupted run ends.
+  """
+  steps = 4   # Checkpoints at 2 and 4; process 1 dies after the first.
+  common = ['--config=configs/detcon_b.py:test', f'--config.data.dir={data_dir}',
+            f'--config.total_steps={steps}', '--config.ckpt_every_steps=2',
+            '--num_processes=2', '--distributed_timeout_s=120']
+
+  def commands(workdir, record=None, extra=()):
+    # record: the entry point with a hook that saves each process's final
+    # parameters to {record}{i}.npz (tests/multiprocess_worker.py).
+    port = free_port()
+    return [([sys.executable, '-m', 'tests.multiprocess_worker',
+              f'--record={record}{i}.npz'] if record else
+             [sys.executable, '-m', 'dense_ssl.main'])
+            + common + list(extra) + [
+                f'--workdir={workdir}', f'--coordinator_address=127.0.0.1:{port}',
+                f'--process_id={i}'] for i in range(2)]
+
+  def read(path):
+    with open(path) as f:
+      return f.read()
+
+  def tail(path):
+    return read(path)[-3000:]
+
+  def finished_steps(workdir):
+    ckpts = os.path.join(workdir, 'checkpoints')
+    names = os.listdir(ckpts) if os.path.isdir(ckpts) else []
+    return sorted(int(n) for n in names if n.isdigit())   # tmp folders aren't.
+
+  # 1. Train until the first checkpoint is on disk, then kill process 1.
+  workdir = str(tmp_path / 'run')
+  logs = [str(tmp_path / f'killed{i}.log') for i in range(2)]
+  procs = start(commands(workdir, extra=['--heartbeat_timeout_s=10']), logs)
+  try:
+    deadline = time.monotonic() + 400
+    while not finished_steps(workdir):
+      assert all(p.poll() is None for p in procs), (
+          'a process exited before the first checkpoint:\n'
+          + '\n'.join(tail(f) for f in logs))
+      assert time.monotonic() < deadline, 'no checkpoint after 400 s'
+      time.sleep(0.2)
+    procs[1].send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    try:
+      procs[0].wait(timeout=120)
+    except subprocess.TimeoutExpired:
+      pytest.fail('process 0 still runs 120 s after process 1 died:\n'
+                  + tail(logs[0]))
+    survivor_s = time.monotonic() - killed_at
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  survivor_log = read(logs[0])
+  assert procs[1].returncode == -signal.SIGKILL
+  assert procs[0].returncode != 0, survivor_log[-3000:]
+  # The heartbeat timeout (10 s) bounds it (about 10 s measured); the margin
+  # is for a busy machine.
+  assert survivor_s < 60, (survivor_s, survivor_log[-3000:])
+  assert 'finished: step' not in survivor_log
+  assert ('detected fatal errors' in survivor_log
+          or 'heartbeat timeout' in survivor_log), survivor_log[-3000:]
+  last = finished_steps(workdir)[-1]
+  assert 0 < last < steps
+
+  # 2. Relaunch both: they resume from the last checkpoint and finish.
+  outs = launch(commands(workdir, record=tmp_path / 'resumed'))
+  for i, out in enumerate(outs):
+    assert f'resuming from step {last} ' in out, (i, out[-3000:])
+    assert f'finished: step {steps}' in out, (i, out[-3000:])
+
+  # 3. An uninterrupted run of the same config ends in the same state.
+  launch(commands(str(tmp_path / 'reference'), record=tmp_path / 'reference'))
+  ref = np.load(tmp_path / 'reference0.npz')
+  r0, r1 = np.load(tmp_path / 'resumed0.npz'), np.load(tmp_path / 'resumed1.npz')
+  assert int(r0['step']) == int(r1['step']) == int(ref['step']) == steps
+  np.testing.assert_allclose(r0['loss'], ref['loss'], rtol=1e-5)
+  assert set(r0.files) == set(ref.files)
+  for name in ref.files:
+    np.testing.assert_array_equal(r0[name], r1[name])    # Replicas agree.
+    np.testing.assert_allclose(r0[name], ref[name], rtol=2e-4, atol=2e-5)
