@@ -23,6 +23,7 @@ import time
 from absl import app
 from absl import flags
 
+from benchmarks import common
 from benchmarks import fh_throughput
 
 # The flags of fh_throughput (imported: --num_images, --workers, --num_shards,
@@ -101,11 +102,7 @@ def main(argv):
     lines.append(f'Beam / local at {w} worker{"s" if w > 1 else ""}:'
                  f' {rates[True, w] / rates[False, w]:.2f}x end to end.')
   text = '\n'.join(lines) + '\n'
-  print(text)
-  if _OUT.value:
-    os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)
-    with open(_OUT.value, 'w') as f:
-      f.write(text)
+  common.write_table(text, _OUT.value)
 
 
 if __name__ == '__main__':

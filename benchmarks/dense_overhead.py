@@ -23,6 +23,7 @@ import time
 from absl import app
 from absl import flags
 
+from benchmarks import common
 from data_pipeline import tf_setup
 
 _DEPTH = flags.DEFINE_integer('depth', 18, 'ResNet depth.')
@@ -133,10 +134,7 @@ def main(argv):
       '| variant | step time (s) | images/s | vs BYOL | compile + warm-up (s) |',
       '|---|---|---|---|---|',
       *rows]) + '\n'
-  print(text)
-  os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)
-  with open(_OUT.value, 'w') as f:
-    f.write(text)
+  common.write_table(text, _OUT.value)
 
 
 if __name__ == '__main__':

@@ -27,6 +27,8 @@ from absl import flags
 import numpy as np
 from PIL import Image
 
+from benchmarks import common
+
 _NUM_IMAGES = flags.DEFINE_integer('num_images', 192, 'JPEGs in the temporary folder.')
 _WORKERS = flags.DEFINE_list('workers', ['1', '2'], 'Worker counts to time.')
 _NUM_SHARDS = flags.DEFINE_integer('num_shards', 8, 'Shards (tasks) per tool run.')
@@ -34,32 +36,14 @@ _SCALE = flags.DEFINE_integer('scale', 1000, 'FH scale (= min_size).')
 _OUT = flags.DEFINE_string('out', 'benchmarks/results/fh_throughput.md',
                            'Markdown table written here.')
 
-_PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket', 'immunohistochemistry',
-           'hubble_deep_field', 'motorcycle', 'retina')
-_SHAPES = ((375, 500), (500, 375), (333, 500), (375, 500), (400, 500), (500, 400))
-
-
-def _photos():
-  import skimage.data
-  out = []
-  for name in _PHOTOS:
-    try:
-      img = (skimage.data.stereo_motorcycle()[0] if name == 'motorcycle'
-             else getattr(skimage.data, name)())
-    except Exception:  # pylint: disable=broad-except  # Not bundled offline.
-      continue
-    if img.ndim == 3 and img.shape[-1] == 3:
-      out.append(np.asarray(img, np.uint8))
-  return out
-
 
 def write_images(folder, num_images, seed=0):
   """num_images distinct JPEGs: random 70-100% crops of the photos, resized."""
   rng = np.random.default_rng(seed)
-  photos = _photos()
+  photos = common.photos()
   for i in range(num_images):
     photo = photos[i % len(photos)]
-    h, w = _SHAPES[i % len(_SHAPES)]
+    h, w = common.SHAPES[i % len(common.SHAPES)]
     f = rng.uniform(0.7, 1.0)
     ch, cw = int(photo.shape[0] * f), int(photo.shape[1] * f)
     y, x = rng.integers(0, photo.shape[0] - ch + 1), rng.integers(0, photo.shape[1] - cw + 1)
@@ -142,11 +126,7 @@ def main(argv):
     lines += ['', f'Scaling 1 -> 2 workers: {tool[2][0] / tool[1][0]:.2f}x end to end,'
               f' {tool[2][1] / tool[1][1]:.2f}x steady state.']
   text = '\n'.join(lines) + '\n'
-  print(text)
-  if _OUT.value:
-    os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)
-    with open(_OUT.value, 'w') as f:
-      f.write(text)
+  common.write_table(text, _OUT.value)
 
 
 if __name__ == '__main__':

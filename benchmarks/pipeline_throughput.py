@@ -18,6 +18,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from benchmarks import common
 from data_pipeline import tf_setup
 
 tf = tf_setup.hide_accelerators()
@@ -33,24 +34,6 @@ _SIZE = flags.DEFINE_integer('image_size', 224, 'View size.')
 _OUT = flags.DEFINE_string('out', 'benchmarks/results/pipeline_throughput.md',
                            'Markdown table written here.')
 
-_PHOTOS = ('astronaut', 'chelsea', 'coffee', 'rocket', 'immunohistochemistry',
-           'hubble_deep_field', 'retina', 'motorcycle')
-_SHAPES = ((375, 500), (500, 375), (333, 500), (400, 500), (375, 500), (500, 400))
-
-
-def _photos():
-  import skimage.data
-  out = []
-  for name in _PHOTOS:
-    try:
-      img = (skimage.data.stereo_motorcycle()[0] if name == 'motorcycle'
-             else getattr(skimage.data, name)())
-    except Exception:  # pylint: disable=broad-except  # Not bundled offline.
-      continue
-    if img.ndim == 3 and img.shape[-1] == 3:
-      out.append(np.asarray(img, np.uint8))
-  return out
-
 
 def build_dataset(out_dir, num_images, num_shards=8):
   """Writes `num_images` ~ImageNet-sized JPEG records with one FH map each."""
@@ -58,10 +41,10 @@ def build_dataset(out_dir, num_images, num_shards=8):
   from PIL import Image
   import skimage.segmentation
 
-  photos = _photos()
+  photos = common.photos()
   fh = records.fh_mask_name(1000, 1000, 0.8)
   base = []
-  for i, (photo, shape) in enumerate(zip(photos * 2, _SHAPES * 2)):
+  for i, (photo, shape) in enumerate(zip(photos * 2, common.SHAPES * 2)):
     if len(base) >= 8:
       break
     img = np.asarray(Image.fromarray(photo).resize(shape[::-1], Image.BICUBIC))
@@ -154,11 +137,7 @@ def main(argv):
   for name, eps in rows:
     lines.append(f'| {name} | {eps:.1f} | {eps / cores:.1f} |')
   text = '\n'.join(lines) + '\n'
-  print(text)
-  if _OUT.value:
-    os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)
-    with open(_OUT.value, 'w') as f:
-      f.write(text)
+  common.write_table(text, _OUT.value)
 
 
 if __name__ == '__main__':

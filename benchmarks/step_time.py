@@ -21,6 +21,7 @@ import time
 from absl import app
 from absl import flags
 
+from benchmarks import common
 from data_pipeline import tf_setup
 
 _DATA_DIR = flags.DEFINE_string('data_dir', 'out/demo/masks', 'Mask dataset.')
@@ -122,10 +123,7 @@ def main(argv):
                 f'{m["perf/images_per_s"]:.1f} images/s, data wait '
                 f'**{100 * m["perf/data_wait_fraction"]:.1f}%** of wall time.']
   text = '\n'.join(lines) + '\n'
-  print(text)
-  os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)
-  with open(_OUT.value, 'w') as f:
-    f.write(text)
+  common.write_table(text, _OUT.value)
 
 
 if __name__ == '__main__':

@@ -33,7 +33,6 @@ import dataclasses
 from typing import Any, Optional, Tuple
 
 import jax
-import jax.numpy as jnp
 
 from dense_ssl.methods import base
 

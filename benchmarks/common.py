@@ -1,0 +1,41 @@
+"""What the benchmark scripts share: test photos, the machine line, the table file."""
+
+import os
+import platform
+
+import numpy as np
+
+# scikit-image's bundled RGB photos (some may be missing offline) and
+# ImageNet-like sizes (height, width) to resize them to.
+PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket', 'immunohistochemistry',
+          'hubble_deep_field', 'motorcycle', 'retina')
+SHAPES = ((375, 500), (500, 375), (333, 500), (375, 500), (400, 500), (500, 400))
+
+
+def photos():
+  """The bundled RGB photos as uint8 arrays, in PHOTOS order."""
+  import skimage.data  # pylint: disable=g-import-not-at-top
+  out = []
+  for name in PHOTOS:
+    try:
+      img = (skimage.data.stereo_motorcycle()[0] if name == 'motorcycle'
+             else getattr(skimage.data, name)())
+    except Exception:  # pylint: disable=broad-except  # Not bundled offline.
+      continue
+    if img.ndim == 3 and img.shape[-1] == 3:
+      out.append(np.asarray(img, np.uint8))
+  return out
+
+
+def machine_line():
+  return (f'Machine: {platform.node()} ({platform.processor() or platform.machine()}, '
+          f'{os.cpu_count()} CPU cores), Python {platform.python_version()}.')
+
+
+def write_table(text, out):
+  """Prints the table and writes it to `out` (if given), creating its folder."""
+  print(text)
+  if out:
+    os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
+    with open(out, 'w') as f:
+      f.write(text)
