@@ -289,9 +289,16 @@ def test_fpn_mapping():
   np.testing.assert_allclose(np.asarray(ours),
                              ref.numpy().transpose(0, 2, 3, 1), atol=1e-4)
 
+  # A level a method does not train may be absent (ReSim-FPN has no P2)...
   del fpn['output_4']
-  with pytest.raises(tvnames.ArchitectureError, match='output_4'):
+  partial = d2names.flax_fpn_to_detectron2(fpn)
+  assert 'fpn_output4.weight' not in partial and 'fpn_lateral4.weight' in partial
+  # ... but a conv without its bias, or an FPN without laterals, is an error.
+  del fpn['output_3']['bias']
+  with pytest.raises(tvnames.ArchitectureError, match='output_3'):
     d2names.flax_fpn_to_detectron2(fpn)
+  with pytest.raises(tvnames.ArchitectureError, match='no lateral'):
+    d2names.flax_fpn_to_detectron2({'output_3': _hand_made_fpn(dim=4)['output_3']})
   with pytest.raises(tvnames.ArchitectureError, match='C2 of the encoder'):
     d2names.flax_fpn_to_detectron2(
         _hand_made_fpn(in_channels=(8, 16, 32, 64), dim=4),
