@@ -133,6 +133,8 @@ def restore_checkpoint(workdir: str, step: Optional[int] = None
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   warnings.filterwarnings('ignore', message='Sharding info not provided')
+  if '://' not in workdir:  # orbax refuses relative paths (gs:// as is).
+    workdir = os.path.abspath(workdir)
   ckpt_dir = find_checkpoint_dir(workdir)
   steps = available_steps(ckpt_dir)
   if not steps:

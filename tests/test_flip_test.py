@@ -1,6 +1,7 @@
 """LC-loss's flip test tool: the accuracy on hand-built features, and the CLI path."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -40,9 +41,13 @@ def test_flip_test_on_a_trained_checkpoint(tmp_path):
   assert result['grid'] == [4, 4] and result['num_images'] == 6
   assert 0.0 <= result['accuracy'] <= 1.0 and result['chance'] == 1 / 16
   out = tmp_path / 'flip.json'
+  # The CLI with paths relative to the working directory (as in README).
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=repo)
   run = subprocess.run(
-      [sys.executable, '-m', 'dense_ssl.flip_test', f'--workdir={workdir}',
-       f'--data_dir={data}', '--num_images=4', '--image_size=64', '--feature=c4',
-       f'--out={out}'], capture_output=True, text=True, check=True)
+      [sys.executable, '-m', 'dense_ssl.flip_test', '--workdir=run',
+       '--data_dir=masks', '--num_images=4', '--image_size=64', '--feature=c4',
+       '--out=flip.json'], capture_output=True, text=True, check=True,
+      cwd=tmp_path, env=env)
   assert 'correspondence accuracy' in run.stdout
   assert json.loads(out.read_text())['num_images'] == 4
