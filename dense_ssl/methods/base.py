@@ -200,11 +200,15 @@ class Method:
     return (o1, o2), (t1, t2), stats, tstats
 
   def gather_axis(self):
-    """Axis to gather negatives over, or None for this device only (DetCon Table 5)."""
-    return AXIS if self.config.loss.get('gather_negatives', True) else None
+    return negatives_axis(self.config)
 
   def loss(self, online_params, online_batch_stats, target_variables, batch, rng):
     raise NotImplementedError
+
+
+def negatives_axis(config):
+  """Axis to gather negatives over, or None for this device only (DetCon Table 5)."""
+  return AXIS if config.loss.get('gather_negatives', True) else None
 
 
 def gather_replicated(x, axis_name=AXIS):

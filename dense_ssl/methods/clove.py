@@ -26,6 +26,14 @@ from dense_ssl.ops import geometry
 class CLoVEObjective(compose.Objective):
   name = 'clove'
 
+  def __init__(self, config):
+    super().__init__(config)
+    m = config.model
+    if m.dense_attention_heads and m.dense_dim % m.dense_attention_heads:
+      raise ValueError(f'config.model.dense_dim={m.dense_dim} must be a multiple of '
+                       f'config.model.dense_attention_heads={m.dense_attention_heads} '
+                       '(the NMHSA splits the channels over the heads)')
+
   def network_heads(self):
     m = self.config.model
     return dict(dense_hidden=int(m.dense_hidden), dense_dim=int(m.dense_dim),

@@ -81,6 +81,9 @@ class Objective:
     del rng
     return {}
 
+  def gather_axis(self):
+    return base.negatives_axis(self.config)
+
   def loss(self, ctx, plan, state):
     raise NotImplementedError
 
@@ -135,8 +138,9 @@ class Composed(base.Method):
       heads.update(o.network_heads())
     self.online = base.network_from_config(config, use_predictor=self.has_predictor,
                                            **heads)
-    target_heads = dict(heads, dense_attention_heads=0) if heads else heads
-    self.target = (base.network_from_config(config, use_predictor=False, **target_heads)
+    # The target has no predictors (base.ONLINE_ONLY): no MLP nor NMHSA one.
+    self.target = (base.network_from_config(config, use_predictor=False,
+                                            **dict(heads, dense_attention_heads=0))
                    if self.uses_target else None)
     self.passes = frozenset().union(*(o.passes for o in self.objectives))
     if not self.uses_target:

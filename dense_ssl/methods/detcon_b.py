@@ -91,9 +91,6 @@ class DetConObjective(DetConMasks, compose.Objective):
   def init_pools(self, batch):
     return {'masks': self.init_pool(batch)}
 
-  def gather_axis(self):
-    return base.AXIS if self.config.loss.get('gather_negatives', True) else None
-
   def loss(self, ctx, plan, state):
     (o1, o2), (t1, t2) = ctx.online, ctx.target
     loss, m = self.detcon(o1['prediction']['masks'], o2['prediction']['masks'],

@@ -16,36 +16,44 @@ from dense_ssl.methods import compose
 from dense_ssl.ops import geometry
 
 
+def local_heads(config):
+  """SSLNetwork's local projection branch: 2048 x width -> local_dim on C5."""
+  m = config.model
+  return dict(local_hidden=m.local_hidden or 2048 * m.width_multiplier,
+              local_dim=m.local_dim)
+
+
+def local_loss(config, batch, target_local, online_local):
+  """L_LC between the target's map of view 1 (I_c) and the online map of view 2."""
+  coords, valid = geometry.cell_correspondence(
+      batch['view1/box'], batch['view1/flip'], batch['view2/box'], batch['view2/flip'],
+      target_local.shape[1:3], online_local.shape[1:3])
+  return lc_losses.local_contrastive_loss(target_local, online_local, coords, valid,
+                                          temperature=config.loss.lc_temperature)
+
+
 class LCBYOL(base.Method):
   uses_target = True
   has_predictor = True
 
   def __init__(self, config):
     super().__init__(config)
-    m = config.model
-    hidden = m.local_hidden or 2048 * m.width_multiplier
-    self.online = base.network_from_config(config, use_predictor=True,
-                                           local_hidden=hidden, local_dim=m.local_dim)
-    self.target = base.network_from_config(config, use_predictor=False,
-                                           local_hidden=hidden, local_dim=m.local_dim)
+    heads = local_heads(config)
+    self.online = base.network_from_config(config, use_predictor=True, **heads)
+    self.target = base.network_from_config(config, use_predictor=False, **heads)
 
   def loss(self, online_params, online_batch_stats, target_variables, batch, rng):
     del rng
-    c = self.config.loss
+    alpha = self.config.loss.lc_alpha
     pool = base.global_pool
     (o1, o2), (t1, t2), stats, tstats = self.forward_two_views(
         online_params, online_batch_stats, target_variables, batch, pool, pool)
     global_loss = (byol_losses.byol_loss(o1['prediction'], t2['projection']) +
                    byol_losses.byol_loss(o2['prediction'], t1['projection']))
-    grid_c, grid_sc = t1['local'].shape[1:3], o2['local'].shape[1:3]
-    coords, valid = geometry.cell_correspondence(
-        batch['view1/box'], batch['view1/flip'], batch['view2/box'],
-        batch['view2/flip'], grid_c, grid_sc)
-    local_loss, frac = lc_losses.local_contrastive_loss(
-        t1['local'], o2['local'], coords, valid, temperature=c.lc_temperature)
-    loss = (1 - c.lc_alpha) * global_loss + c.lc_alpha * local_loss
+    lc_loss, frac = local_loss(self.config, batch, t1['local'], o2['local'])
+    loss = (1 - alpha) * global_loss + alpha * lc_loss
     return loss, (stats, tstats, base.as_metrics(
-        loss=loss, byol_loss=global_loss, lc_loss=local_loss, lc_valid_pairs=frac))
+        loss=loss, byol_loss=global_loss, lc_loss=lc_loss, lc_valid_pairs=frac))
 
 
 class LCObjective(compose.Objective):
@@ -54,17 +62,9 @@ class LCObjective(compose.Objective):
   passes = frozenset({(compose.TARGET, 0), (compose.ONLINE, 1)})
 
   def network_heads(self):
-    m = self.config.model
-    return dict(local_hidden=m.local_hidden or 2048 * m.width_multiplier,
-                local_dim=m.local_dim)
+    return local_heads(self.config)
 
   def loss(self, ctx, plan, state):
-    t1, o2 = ctx.target[0], ctx.online[1]
-    b = ctx.batch
-    coords, valid = geometry.cell_correspondence(
-        b['view1/box'], b['view1/flip'], b['view2/box'], b['view2/flip'],
-        t1['local'].shape[1:3], o2['local'].shape[1:3])
-    loss, frac = lc_losses.local_contrastive_loss(
-        t1['local'], o2['local'], coords, valid,
-        temperature=self.config.loss.lc_temperature)
+    loss, frac = local_loss(self.config, ctx.batch, ctx.target[0]['local'],
+                            ctx.online[1]['local'])
     return loss, dict(valid_pairs=frac), state

@@ -60,6 +60,19 @@ def box_pool(boxes, *, sampling_ratio, aligned, with_global):
   return pool
 
 
+def config_box_pool(config_loss, boxes, *, with_global):
+  """box_pool with the RoIAlign settings of config.loss."""
+  return box_pool(boxes, sampling_ratio=int(config_loss.sampling_ratio),
+                  aligned=bool(config_loss.roi_aligned), with_global=with_global)
+
+
+def whole_image_boxes(batch, num_boxes):
+  """[B, K, 4] boxes covering view 1: the shapes for init (no RNG, no axis)."""
+  images = batch['view1/image']
+  whole = jnp.array([0.0, 0.0, images.shape[2], images.shape[1]], jnp.float32)
+  return jnp.broadcast_to(whole, (images.shape[0], num_boxes, 4))
+
+
 def sample_view_boxes(rng, batch, config_loss):
   """K boxes per image in both views' pixels, from per-example keys.
 
@@ -90,16 +103,11 @@ class SCRL(base.Method):
   has_predictor = True
 
   def _pool(self, boxes):
-    c = self.config.loss
-    return box_pool(boxes, sampling_ratio=int(c.sampling_ratio),
-                    aligned=bool(c.roi_aligned),
-                    with_global=bool(c.global_weight))
+    return config_box_pool(self.config.loss, boxes,
+                           with_global=bool(self.config.loss.global_weight))
 
   def init_pool(self, batch):
-    images = batch['view1/image']
-    whole = jnp.array([0.0, 0.0, images.shape[2], images.shape[1]], jnp.float32)
-    return self._pool(jnp.broadcast_to(
-        whole, (images.shape[0], self.config.loss.num_boxes, 4)))
+    return self._pool(whole_image_boxes(batch, self.config.loss.num_boxes))
 
   def loss(self, online_params, online_batch_stats, target_variables, batch, rng):
     c = self.config.loss
@@ -128,22 +136,16 @@ class SCRLObjective(compose.Objective):
   name = 'scrl'
   uses_predictor = True
 
-  def _pool(self, boxes):
-    c = self.config.loss
-    return box_pool(boxes, sampling_ratio=int(c.sampling_ratio),
-                    aligned=bool(c.roi_aligned), with_global=False)
-
   def plan(self, batch, rng):
     return sample_view_boxes(rng, batch, self.config.loss)
 
   def init_pools(self, batch):
-    images = batch['view1/image']
-    whole = jnp.array([0.0, 0.0, images.shape[2], images.shape[1]], jnp.float32)
-    return {'boxes': self._pool(jnp.broadcast_to(
-        whole, (images.shape[0], self.config.loss.num_boxes, 4)))}
+    boxes = whole_image_boxes(batch, self.config.loss.num_boxes)
+    return {'boxes': config_box_pool(self.config.loss, boxes, with_global=False)}
 
   def pools(self, plan, view):
-    return {'boxes': self._pool(plan['boxes_a' if view == 0 else 'boxes_b'])}
+    boxes = plan['boxes_a' if view == 0 else 'boxes_b']
+    return {'boxes': config_box_pool(self.config.loss, boxes, with_global=False)}
 
   def loss(self, ctx, plan, state):
     (o1, o2), (t1, t2) = ctx.online, ctx.target

@@ -36,7 +36,6 @@ class SimCLRObjective(compose.Objective):
 
   def loss(self, ctx, plan, state):
     z1, z2 = (o['projection']['global'][:, 0] for o in ctx.online)
-    axis = base.AXIS if self.config.loss.get('gather_negatives', True) else None
     loss, m = simclr_losses.nt_xent_loss(z1, z2, temperature=self.config.loss.temperature,
-                                         axis_name=axis)
+                                         axis_name=self.gather_axis())
     return loss, m, state
