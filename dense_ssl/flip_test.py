@@ -141,9 +141,13 @@ def main(argv=None):
   except flags.Error as e:
     sys.exit(f'flip_test: {e}\n{FLAGS.main_module_help()}')
   tf_setup.hide_accelerators()
-  result = run(_WORKDIR.value, _DATA_DIR.value, step=_STEP.value, network=_NETWORK.value,
-               feature=_FEATURE.value, num_images=_NUM_IMAGES.value,
-               image_size=_IMAGE_SIZE.value, batch_size=_BATCH.value, seed=_SEED.value)
+  try:
+    result = run(_WORKDIR.value, _DATA_DIR.value, step=_STEP.value,
+                 network=_NETWORK.value, feature=_FEATURE.value,
+                 num_images=_NUM_IMAGES.value, image_size=_IMAGE_SIZE.value,
+                 batch_size=_BATCH.value, seed=_SEED.value)
+  except (RuntimeError, ValueError, OSError) as e:  # ConversionError is a RuntimeError.
+    sys.exit(f'flip_test: error: {e}')
   print(f'flip test, {result["network"]} encoder of step {result["step"]}, '
         f'{result["feature"]} grid {result["grid"][0]}x{result["grid"][1]}, '
         f'{result["num_images"]} images: correspondence accuracy '

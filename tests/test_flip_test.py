@@ -22,10 +22,10 @@ def test_accuracy_is_one_for_mirrored_features_and_zero_without_the_mirror():
   # same cell, never its mirror when the width is even.
   acc, err = flip_test.correspondence_accuracy(a, a)
   assert acc == 0.0 and err > 0
-  # One row shifted down: half the rows of a 2-row grid are wrong.
-  b = a[:, :2, ::-1].copy()
-  acc, _ = flip_test.correspondence_accuracy(a[:, :2], b[:, ::-1])
-  assert acc == 0.0
+  # Mirrored but with the two rows swapped: every match is on the wrong row.
+  mirrored = a[:, :2, ::-1]
+  acc, err = flip_test.correspondence_accuracy(a[:, :2], mirrored[:, ::-1])
+  assert acc == 0.0 and err == 1.0
 
 
 def test_flip_test_on_a_trained_checkpoint(tmp_path):
@@ -51,3 +51,11 @@ def test_flip_test_on_a_trained_checkpoint(tmp_path):
       cwd=tmp_path, env=env)
   assert 'correspondence accuracy' in run.stdout
   assert json.loads(out.read_text())['num_images'] == 4
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+  run = subprocess.run(
+      [sys.executable, '-m', 'dense_ssl.flip_test', f'--workdir={tmp_path / "none"}',
+       f'--data_dir={tmp_path}'], capture_output=True, text=True)
+  assert run.returncode != 0
+  assert 'flip_test: error: --workdir=' in run.stderr and 'no checkpoints' in run.stderr
