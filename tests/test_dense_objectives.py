@@ -20,6 +20,7 @@ from dense_ssl.models import heads
 from tests import mask_records
 from tests.test_methods import fake_batch
 from tests.test_train import one_step
+from tests.test_train import override
 
 
 def _unit(x):
@@ -154,15 +155,8 @@ def test_normalised_attention_matches_a_numpy_reference():
 
 # ------------------------------------------------ devices and real steps ---
 
-def _config(module, preset='test', **overrides):
-  c = module.get_config(preset)
-  for key, value in overrides.items():
-    node = c
-    *path, last = key.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = value
-  return c
+def _config(module, **overrides):
+  return override(module.get_config('test'), **overrides)
 
 
 # ReSim-C4 (negatives gathered over devices). ReSim-FPN's P3 negatives come

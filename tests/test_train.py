@@ -11,9 +11,8 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from configs import byol, detcon_b, detcon_s, simclr
 from dense_ssl import methods
@@ -26,16 +25,21 @@ from tests.test_methods import fake_batch
 CONFIGS = dict(byol=byol, simclr=simclr, detcon_b=detcon_b, detcon_s=detcon_s)
 
 
-def make_config(name, data_dir='', **overrides):
-  c = CONFIGS[name].get_config('test')
-  c.data.dir = data_dir
+def override(config, **overrides):
+  """Sets dotted keys ('optimizer.base_lr'=...) of a config; returns it."""
   for k, v in overrides.items():
-    node = c
+    node = config
     *path, last = k.split('.')
     for p in path:
       node = node[p]
     node[last] = v
-  return c
+  return config
+
+
+def make_config(name, data_dir='', **overrides):
+  c = CONFIGS[name].get_config('test')
+  c.data.dir = data_dir
+  return override(c, **overrides)
 
 
 @pytest.fixture(scope='module')
