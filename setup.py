@@ -17,6 +17,7 @@ import setuptools
 
 WORKER_REQUIREMENTS = [
     'absl-py==2.5.1',
+    'etils==1.15.0',  # epath: the output folder (tensorflow-datasets adds its extras).
     'numpy==2.4.6',
     'pillow==12.3.0',
     'scikit-image==0.26.0',
@@ -28,7 +29,7 @@ setuptools.setup(
     name='dense-ssl-data-pipeline',
     version='0.1.0',
     description='dense_ssl mask precompute (data_pipeline) for Apache Beam workers',
-    packages=['data_pipeline'],
+    packages=['data_pipeline', 'data_pipeline.masks'],
     install_requires=WORKER_REQUIREMENTS,
     python_requires='>=3.10',
 )

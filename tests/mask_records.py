@@ -1,8 +1,8 @@
 """Writes tiny mask datasets in the real on-disk format (tests only).
 
-The format is the one precompute_masks writes (CONTRACT.md "Mask dataset on
-disk"): `<split>-<i:05d>-of-<n:05d>.tfrecord` shards of records.make_example
-records plus manifest.json.
+The format is the one data_pipeline/precompute_masks.py writes (WORKSPACE.md
+"Mask datasets"; records.py): `<split>-<i:05d>-of-<n:05d>.tfrecord` shards of
+records.make_example records plus manifest.json.
 """
 
 import io

@@ -1,4 +1,4 @@
-"""precompute_masks --runner=DirectRunner (data_pipeline/beam_precompute.py).
+"""precompute_masks --runner=DirectRunner (data_pipeline/masks/beam_runner.py).
 
 The Beam mode must write what the local mode writes: the same shard bytes, the
 same per-shard counts and failures in manifest.json, the same resume. Run in
@@ -10,8 +10,8 @@ import json
 import os
 import shutil
 
-from data_pipeline import beam_precompute
 from data_pipeline import precompute_masks as pm
+from data_pipeline.masks import beam_runner
 from tests import test_precompute_masks as tpm
 
 MULTI = ('--runner=DirectRunner', '--direct_num_workers=2',
@@ -113,8 +113,8 @@ def test_failures_are_listed_as_in_local_mode(tmp_path):
   assert m['num_examples'] == 4 and m['num_failures'] == 2
 
 
-def test_url_out_dir_stages_on_the_worker(tmp_path):
-  """A URL --out_dir (gs:// on Dataflow; file:// here) takes the copy path."""
+def test_url_out_dir_is_written_through_epath(tmp_path):
+  """A URL --out_dir (gs:// on Dataflow; file:// here), written with no local copy."""
   assert tpm.run(tmp_path / 'local', *DEMO) == 0
   url = f'file://{tmp_path}/remote'
   assert beam_run(url, *DEMO, mode=IN_PROCESS) == 0
@@ -150,7 +150,7 @@ def test_exit_status_and_usage_errors(tmp_path, capsys, monkeypatch):
   # Without --runner an unknown flag is still an error.
   assert tpm.run(tmp_path / 'o2', *demo, '--direct_num_workers=2') == 2
   assert 'direct_num_workers' in capsys.readouterr().err
-  monkeypatch.setattr(beam_precompute, 'beam', None)
+  monkeypatch.setattr(beam_runner, 'beam', None)
   assert beam_run(tmp_path / 'o2', *demo, mode=IN_PROCESS) == 2
   assert 'pip install -r requirements-beam.txt' in capsys.readouterr().err
   assert not (tmp_path / 'o2').exists()

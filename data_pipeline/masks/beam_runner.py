@@ -1,4 +1,4 @@
-"""precompute_masks as an Apache Beam pipeline (`precompute_masks --runner=...`).
+"""The mask precompute as an Apache Beam pipeline (`precompute_masks --runner=...`).
 
   pip install -r requirements.txt -r requirements-beam.txt
   # This machine, 2 worker processes:
@@ -10,20 +10,20 @@
       --project=P --region=R --temp_location=gs://B/tmp --setup_file=./setup.py \\
       --source=tfds:imagenet2012:train --data_dir=gs://B/tfds --out_dir=gs://B/masks
 
-The job is precompute_masks' own (its module docstring says what is stored):
-`precompute_masks.plan_job` checks the flags and --out_dir (params.json: a
-re-run with other parameters is refused) and lists the shard tasks of the
-shards not complete yet (no sidecar); the pipeline is
+The job is the local mode's (data_pipeline/precompute_masks.py's docstring
+says what is stored): `plan.plan_job` checks the flags and --out_dir
+(params.json: a re-run with other parameters is refused) and lists the shard
+tasks of the shards not complete yet (no sidecar); the pipeline is
 
   Create(shard tasks) -> Reshuffle -> ParDo(ProcessShardFn) -> ToList -> WriteManifest
 
-ProcessShardFn calls `precompute_masks.process_shard`, the local mode's
-function, so a shard and its sidecar are byte for byte what the local mode
-writes; the last step writes manifest.json with `precompute_masks.build_manifest`
-from the sidecars ("runner" says which runner ran it). One shard is one
-element: Beam's parallelism is over shards, so give at least a few shards per
-worker (--num_shards / --examples_per_shard). A retried element finds its
-shard's sidecar and does not compute it again.
+ProcessShardFn calls `shards.process_shard`, the local mode's function, so a
+shard and its sidecar are byte for byte what the local mode writes; the last
+step writes manifest.json with `plan.build_manifest` from the sidecars
+("runner" says which runner ran it). One shard is one element: Beam's
+parallelism is over shards, so give at least a few shards per worker
+(--num_shards / --examples_per_shard). A retried element finds its shard's
+sidecar and does not compute it again.
 
 Flags: precompute_masks' flags keep their meaning; --num_workers and
 --progress_every_s only serve the local mode (parallelism is the runner's:
@@ -32,26 +32,26 @@ Flags: precompute_masks' flags keep their meaning; --num_workers and
 Beam's PipelineOptions; a flag that neither knows is a usage error.
 
 Where the files are: workers write --out_dir and read the inputs themselves.
-  * A local path (DirectRunner), or a file system mounted at the same path on
-    this machine and on every worker (a Flink / Spark cluster with NFS etc.).
-  * A URL that TensorFlow's file system supports (gs://...; required on
-    Dataflow): the planning reads params.json and the sidecars from there, each
-    worker writes its shard into a local temporary folder with process_shard
-    and copies the shard, then the sidecar (which marks it complete), to
-    --out_dir. Inputs on Dataflow: --source=tfds:NAME:SPLIT with
-    --data_dir=gs://... or --source=demo; folder: sources and --user_masks are
-    read with POSIX file APIs and need the shared mount.
+--out_dir is read and written through etils.epath (shards.py), by the planning
+and by every worker directly, with no local copy:
+  * A local path or file:// URL (DirectRunner), or a file system mounted at the
+    same path on this machine and on every worker (a Flink / Spark cluster
+    with NFS etc.).
+  * gs://... (required on Dataflow), or another URL scheme epath supports.
+Inputs on Dataflow: --source=tfds:NAME:SPLIT with --data_dir=gs://... or
+--source=demo; folder: sources and --user_masks are read with POSIX file APIs
+and need the shared mount.
 """
 
 import contextlib
 import dataclasses
 import io
-import json
 import os
-import tempfile
 import time
 
-from data_pipeline import precompute_masks as pm
+from data_pipeline.masks import plan as plan_lib
+from data_pipeline.masks import shards
+from data_pipeline.masks.errors import PrecomputeError
 
 try:
   import apache_beam as beam
@@ -60,28 +60,17 @@ except ImportError as e:  # Optional: requirements-beam.txt.
   beam, _BEAM_IMPORT_ERROR = None, e
 
 METRICS_NAMESPACE = 'precompute_masks'
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The repository root (holds data_pipeline/ and setup.py).
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Runners whose workers are not processes of this machine's Python: they need
 # this package (--setup_file) or a container that has it.
 _REMOTE_RUNNERS = ('DataflowRunner', 'FlinkRunner', 'SparkRunner', 'PortableRunner')
 
 
-def is_url(path):
-  return '://' in str(path)
-
-
-def _join(d, name):
-  return f'{d.rstrip("/")}/{name}' if is_url(d) else os.path.join(d, name)
-
-
-def _gfile():
-  from data_pipeline import tf_setup
-  return tf_setup.hide_accelerators().io.gfile
-
-
 def require_beam():
+  """The apache_beam module, or a PrecomputeError that says how to install it."""
   if beam is None:
-    raise pm.PrecomputeError(
+    raise PrecomputeError(
         f'--runner needs Apache Beam, which is not installed ({_BEAM_IMPORT_ERROR});'
         ' install it with: pip install -r requirements-beam.txt')
   return beam
@@ -104,106 +93,34 @@ def pipeline_options(runner, beam_args):
       everything = options.get_all_options(drop_default=True, retain_unknown_options=True)
   except SystemExit:
     why = (usage.getvalue().strip().splitlines() or ['?'])[-1]
-    raise pm.PrecomputeError(f'bad Beam pipeline option in {given}: {why}') from None
+    raise PrecomputeError(f'bad Beam pipeline option in {given}: {why}') from None
   except Exception as e:  # pylint: disable=broad-except
-    raise pm.PrecomputeError(f'bad Beam pipeline option: {e}') from None
+    raise PrecomputeError(f'bad Beam pipeline option: {e}') from None
   unknown = sorted(set(everything) - set(known))
   if unknown:
-    raise pm.PrecomputeError(
+    raise PrecomputeError(
         f'unknown flag(s) {", ".join("--" + u for u in unknown)}: neither a'
         ' precompute_masks flag (see --help) nor an Apache Beam pipeline option')
   return options
 
 
-# ------------------------------------------------------------- remote out_dir ---
-
-def _pull_state(remote, mirror):
-  """Mirrors a URL --out_dir into `mirror` for plan_job's checks.
-
-  params.json and the sidecars of complete shards are copied (with an empty
-  file standing for each shard); every other name becomes an empty file, so a
-  foreign, non-empty folder is refused as in the local mode.
-  """
-  gfile = _gfile()
-  if not gfile.isdir(remote):
-    return
-  names = {n.rstrip('/') for n in gfile.listdir(remote)}
-  for n in names:
-    local = os.path.join(mirror, n)
-    if n == 'params.json' or (n.endswith('.tfrecord.json') and n[:-5] in names):
-      gfile.copy(_join(remote, n), local, overwrite=True)
-      if n != 'params.json':
-        open(local[:-5], 'wb').close()
-    elif not os.path.exists(local):
-      open(local, 'wb').close()
-
-
-def plan_remote(params, log):
-  """plan_job for a URL --out_dir: checks a local mirror, then writes params.json."""
-  remote = params.out_dir.rstrip('/')
-  with tempfile.TemporaryDirectory(prefix='precompute_masks_') as mirror:
-    _pull_state(remote, mirror)
-    plan = pm.plan_job(params, lambda s: log(s.replace(mirror, remote)), out_dir=mirror)
-    if not plan.resumed:
-      gfile = _gfile()
-      gfile.makedirs(remote)
-      gfile.copy(os.path.join(mirror, 'params.json'), _join(remote, 'params.json'),
-                 overwrite=True)
-  tasks = [dataclasses.replace(t, out_dir=remote) for t in plan.tasks]
-  return dataclasses.replace(plan, out_dir=remote, tasks=tasks)
-
-
-def _read_sidecar(out_dir, file):
-  if not is_url(out_dir):
-    return pm._read_sidecar(out_dir, file)  # pylint: disable=protected-access
-  gfile = _gfile()
-  path = _join(out_dir, file)
-  try:
-    with gfile.GFile(path + '.json') as f:
-      sidecar = json.load(f)
-  except Exception:  # pylint: disable=broad-except  # Missing or partial.
-    return None
-  return sidecar if gfile.exists(path) else None
-
-
-def _write_json(out_dir, name, obj):
-  if not is_url(out_dir):
-    pm._write_json_atomic(os.path.join(out_dir, name), obj)  # pylint: disable=protected-access
-    return
-  with _gfile().GFile(_join(out_dir, name), 'w') as f:  # An object store: atomic.
-    json.dump(obj, f, indent=1)
-
-
-def _read_json(out_dir, name):
-  with _gfile().GFile(_join(out_dir, name)) as f:
-    return json.load(f)
-
-
 # ------------------------------------------------------------------ pipeline ---
 
 class ProcessShardFn(beam.DoFn if beam else object):
-  """ShardTask -> its sidecar, written by precompute_masks.process_shard."""
+  """ShardTask -> its sidecar, written by shards.process_shard."""
 
   def setup(self):
-    pm._init_worker(None)  # pylint: disable=protected-access  # TF: 1 thread / worker.
+    shards.limit_tf_threads()  # TF: 1 thread per worker.
 
   def process(self, task):
     from apache_beam.metrics import Metrics
     ok = Metrics.counter(METRICS_NAMESPACE, 'inputs_written')
     failed = Metrics.counter(METRICS_NAMESPACE, 'inputs_failed')
-    done = _read_sidecar(task.out_dir, task.file)
+    done = shards.read_sidecar(task.out_dir, task.file)
     if done is not None:  # A retried element whose shard was completed.
       yield done
       return
-    report = lambda good: (ok if good else failed).inc()
-    if not is_url(task.out_dir):
-      sidecar = pm.process_shard(task, report)
-    else:
-      gfile = _gfile()
-      with tempfile.TemporaryDirectory(prefix='precompute_masks_') as d:
-        sidecar = pm.process_shard(dataclasses.replace(task, out_dir=d), report)
-        for name in (task.file, task.file + '.json'):  # The sidecar last.
-          gfile.copy(os.path.join(d, name), _join(task.out_dir, name), overwrite=True)
+    sidecar = shards.process_shard(task, lambda good: (ok if good else failed).inc())
     Metrics.counter(METRICS_NAMESPACE, 'shards_written').inc()
     yield sidecar
 
@@ -215,7 +132,7 @@ def write_manifest(new_sidecars, plan, parameters, runner, start_time):
   missing = sorted(set(range(plan.num_shards)) - set(sidecars))
   if missing:
     raise RuntimeError(f'no sidecar for shards {missing[:10]}')
-  manifest = pm.build_manifest(
+  manifest = plan_lib.build_manifest(
       plan, sidecars, parameters=parameters, runner=runner,
       timing={
           'elapsed_s': round(time.time() - start_time, 3),
@@ -227,7 +144,7 @@ def write_manifest(new_sidecars, plan, parameters, runner, start_time):
           'num_workers': None,
           'runner': runner,
       })
-  _write_json(plan.out_dir, 'manifest.json', manifest)
+  plan_lib.write_manifest(plan.out_dir, manifest)
   return manifest['num_examples']
 
 
@@ -263,13 +180,10 @@ def run(params, runner, beam_args, log=print):
   try:  # Before anything is written: a bad runner is a usage error.
     p = beam.Pipeline(runner=runner, options=options)
   except (ValueError, ImportError) as e:
-    raise pm.PrecomputeError(f'--runner={runner}: {e}') from None
+    raise PrecomputeError(f'--runner={runner}: {e}') from None
   if not params.out_dir:
-    raise pm.PrecomputeError('--out_dir is required')
-  if is_url(params.out_dir):
-    plan = plan_remote(params, log)
-  else:
-    plan = pm.plan_job(params, log)
+    raise PrecomputeError('--out_dir is required')
+  plan = plan_lib.plan_job(params, log)
   if params.num_workers:
     log(f'note: --num_workers={params.num_workers} is for the local mode; with'
         f' --runner the runner decides (e.g. --direct_num_workers)')
@@ -293,17 +207,13 @@ def run(params, runner, beam_args, log=print):
     state = result.wait_until_finish()
   except Exception as e:  # pylint: disable=broad-except
     text = str(e)
-    raise pm.PrecomputeError(
+    raise PrecomputeError(
         f'the Beam pipeline failed: {type(e).__name__}: {text[-3000:]}\nCompleted'
         ' shards are kept: re-run the same command to resume.') from e
   if state is not None and str(state).split('.')[-1] not in ('DONE', 'UNKNOWN'):
-    raise pm.PrecomputeError(f'the Beam pipeline ended in state {state}; completed'
-                             ' shards are kept: re-run the same command to resume')
+    raise PrecomputeError(f'the Beam pipeline ended in state {state}; completed'
+                          ' shards are kept: re-run the same command to resume')
   _log_metrics(result, log)
-  if is_url(plan.out_dir):
-    manifest = _read_json(plan.out_dir, 'manifest.json')
-  else:
-    with open(os.path.join(plan.out_dir, 'manifest.json')) as f:
-      manifest = json.load(f)
-  log(pm.manifest_summary(manifest, plan.out_dir, time.perf_counter() - t0))
+  manifest = plan_lib.read_manifest(plan.out_dir)
+  log(plan_lib.manifest_summary(manifest, plan.out_dir, time.perf_counter() - t0))
   return manifest

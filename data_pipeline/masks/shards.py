@@ -1,0 +1,213 @@
+"""One shard: its task, its records, its file and completion sidecar.
+
+The output folder (--out_dir) is read and written through etils.epath only, so
+a local path, a file:// URL and gs:// (or another scheme epath knows) work
+alike, from the main process and from any worker. A shard is written as
+`<shard>.tmp-<pid>` and renamed; then its sidecar `<shard>.json` is written
+the same way and marks the shard complete. The record stream itself is
+written by TensorFlow's TFRecordWriter at the epath path (TensorFlow's file
+systems: local and gs://, the one epath uses for gs:// when TensorFlow is
+installed).
+"""
+
+import collections
+import dataclasses
+import importlib.metadata
+import json
+import os
+import platform
+import time
+import urllib.parse
+
+from etils import epath
+import numpy as np
+from PIL import Image
+
+from data_pipeline import records
+from data_pipeline.masks import decode
+from data_pipeline.masks import label_maps
+from data_pipeline.masks import sources
+from data_pipeline.masks.errors import ImageFailure
+from data_pipeline.masks.errors import PrecomputeError
+
+
+# ------------------------------------------------------------ output folder ---
+
+def is_url(path):
+  """True for 'scheme://...' (gs://, file://, ...), False for a plain path."""
+  return '://' in str(path)
+
+
+def normalize_out_dir(text):
+  """--out_dir as runs show it and tasks carry it: a URL as given, else absolute."""
+  text = os.fspath(text)
+  return text.rstrip('/') if is_url(text) else os.path.abspath(text)
+
+
+def out_path(out_dir):
+  """The epath.Path of a --out_dir (a file:// URL becomes its local path)."""
+  text = os.fspath(out_dir)
+  if text.startswith('file://'):
+    return epath.Path(urllib.parse.urlparse(text).path or '/')
+  try:
+    return epath.Path(text)
+  except (KeyError, NotImplementedError):  # A scheme epath does not know.
+    raise PrecomputeError(f'--out_dir={text}: unsupported URL scheme; use a local'
+                          ' path, file://, gs:// or s3://') from None
+
+
+def shard_name(split, i, k):
+  """The file name of shard i of k."""
+  return f'{split}-{i:05d}-of-{k:05d}.tfrecord'
+
+
+def write_json_atomic(path, obj):
+  """Writes `obj` to `path` (an epath.Path) as `<path>.tmp-<pid>`, then renames."""
+  tmp = path.parent / f'{path.name}.tmp-{os.getpid()}'
+  tmp.write_text(json.dumps(obj, indent=1))
+  tmp.replace(path)
+
+
+def read_json(path):
+  """The JSON object stored at `path` (an epath.Path)."""
+  return json.loads(path.read_text())
+
+
+def read_sidecar(out_dir, file):
+  """The sidecar of a complete shard `file` in `out_dir`, else None."""
+  path = out_path(out_dir) / file
+  try:
+    sidecar = read_json(path.parent / f'{file}.json')
+  except Exception:  # pylint: disable=broad-except  # Missing or partial, any backend.
+    return None
+  return sidecar if path.is_file() else None
+
+
+def versions():
+  """Library versions that determine the output."""
+  out = {'python': platform.python_version()}
+  for key, dist in (('skimage', 'scikit-image'), ('numpy', 'numpy'), ('PIL', 'pillow'),
+                    ('tensorflow', 'tensorflow-cpu'), ('tensorflow', 'tensorflow'),
+                    ('tensorflow_datasets', 'tensorflow-datasets')):
+    if key not in out:
+      try:
+        out[key] = importlib.metadata.version(dist)
+      except importlib.metadata.PackageNotFoundError:
+        pass
+  return out
+
+
+# ---------------------------------------------------------------- one shard ---
+
+@dataclasses.dataclass(frozen=True)
+class ShardTask:
+  """Everything a worker needs to write one shard."""
+  index: int
+  file: str
+  out_dir: str                  # normalize_out_dir's form: a path or a URL
+  source: sources.Source
+  num_shards: int
+  folder_ids: tuple
+  fh: tuple                     # ((scale, min_size, name), ...)
+  fh_sigma: float
+  gt: bool
+  user_masks: str
+  max_pixels: float
+  min_image_size: int
+  mask_names: tuple
+
+
+def make_record(item, task):
+  """One Item -> (serialized record, Decoded); raises ImageFailure."""
+  data = item.load()
+  kw = dict(max_pixels=task.max_pixels, min_image_size=task.min_image_size)
+  if isinstance(data, np.ndarray):
+    dec = decode.decoded_from_pixels(data, **kw)
+  else:
+    dec = decode.decode_image(data, **kw)
+  height, width = dec.rgb.shape[:2]
+  # The cheap maps first: a missing one fails the input before FH runs.
+  extra = {}
+  if task.gt and item.gt is not None:
+    try:
+      gt = item.gt()
+    except Exception as e:  # pylint: disable=broad-except
+      raise ImageFailure(f'GT map cannot be read: {type(e).__name__}: {e}') from None
+    if gt is None or np.shape(gt) != (height, width):
+      raise ImageFailure(f'GT map has shape {None if gt is None else np.shape(gt)}'
+                         f' but the image is {(height, width)}')
+    extra[records.GT_MASK] = np.asarray(gt)
+  if task.user_masks:
+    path = os.path.join(task.user_masks, os.path.splitext(item.id)[0] + '.png')
+    extra[records.USER_MASK] = label_maps.read_user_mask(path, height, width)
+  maps = label_maps.fh_label_maps(dec.rgb, task.fh, task.fh_sigma)
+  maps.update(extra)
+  try:
+    rec = records.make_example(
+        encoded=dec.encoded, image_format=dec.image_format,
+        original_format=dec.original_format, transcoded=dec.transcoded,
+        height=height, width=width, image_id=item.id, label_maps=maps)
+  except ValueError as e:  # Ids that cannot be stored losslessly.
+    raise ImageFailure(str(e)) from None
+  return rec, dec
+
+
+def limit_tf_threads():
+  """Once per worker process: TensorFlow on one thread (parallelism is across workers)."""
+  from data_pipeline import tf_setup
+  tf = tf_setup.hide_accelerators()
+  try:
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+  except RuntimeError:
+    pass
+
+
+def process_shard(task, report):
+  """Writes one shard and its sidecar; `report(ok)` is called once per input.
+
+  Returns the sidecar dict.
+  """
+  from data_pipeline import tf_setup
+  tf = tf_setup.hide_accelerators()
+  t0 = time.perf_counter()
+  # PIL's own decompression-bomb limit must not undercut --max_pixels.
+  if Image.MAX_IMAGE_PIXELS is not None:
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS, int(task.max_pixels))
+  out = out_path(task.out_dir)
+  final = out / task.file
+  tmp = out / f'{task.file}.tmp-{os.getpid()}'
+  positions = sources.shard_positions(task.source, task.num_shards, task.index)
+  failures, formats = [], collections.Counter()
+  num, transcoded = 0, 0
+  with tf.io.TFRecordWriter(os.fspath(tmp)) as writer:
+    for item in sources.iterate_items(task.source, positions, task.folder_ids):
+      try:
+        rec, dec = make_record(item, task)
+      except ImageFailure as e:
+        failures.append({'id': item.id, 'path': item.path, 'reason': str(e)})
+        report(False)
+        continue
+      except Exception as e:  # pylint: disable=broad-except
+        # One bad input must not stop the job; it is listed like the others.
+        failures.append({'id': item.id, 'path': item.path,
+                         'reason': f'unexpected error: {type(e).__name__}: {e}'})
+        report(False)
+        continue
+      # Protobuf writes map entries (the features) in a per-process order;
+      # the deterministic form makes shards byte-identical across runs.
+      writer.write(tf.train.Example.FromString(rec).SerializeToString(deterministic=True))
+      num += 1
+      transcoded += dec.transcoded
+      formats[dec.original_format] += 1
+      report(True)
+  tmp.replace(final)
+  sidecar = {
+      'file': task.file, 'shard_index': task.index, 'num_examples': num,
+      'num_failures': len(failures), 'failures': failures,
+      'mask_names': list(task.mask_names), 'num_transcoded': transcoded,
+      'original_formats': dict(sorted(formats.items())),
+      'seconds': round(time.perf_counter() - t0, 3), 'versions': versions(),
+  }
+  write_json_atomic(out / f'{task.file}.json', sidecar)  # Marks the shard complete.
+  return sidecar

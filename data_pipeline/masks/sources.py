@@ -1,0 +1,218 @@
+"""The inputs (--source): folder, tfds and demo sources, their items and shards.
+
+`open_source` runs in the main process and learns what a source holds (a
+picklable Source); `shard_positions` says which items a shard holds and
+`iterate_items` yields them in the worker. The rules (ids, which items go to
+which shard) are in data_pipeline/precompute_masks.py's docstring ("Sources").
+"""
+
+import dataclasses
+import hashlib
+import os
+
+import numpy as np
+
+from data_pipeline.masks import label_maps
+from data_pipeline.masks.errors import ImageFailure
+from data_pipeline.masks.errors import PrecomputeError
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
+
+
+@dataclasses.dataclass
+class Item:
+  """One input as a worker sees it: `load()` returns bytes or an RGB array."""
+  id: str
+  path: str
+  load: object
+  gt: object = None  # None, or a callable returning int [H, W].
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """What the main process learned about --source (picklable; sent to workers)."""
+  kind: str                    # folder | tfds | demo
+  description: str
+  num_items: int
+  has_gt: bool
+  root: str = ''               # folder
+  builder_dir: str = ''        # tfds: the prepared, versioned dataset folder
+  tfds_name: str = ''
+  tfds_split: str = ''
+  gt_kind: str = ''            # tfds: '' | panoptic | objects/<key>
+  demo_seed: int = 0
+  image_size: int = 0
+  fingerprint: str = ''
+
+
+def list_folder(root):
+  """Sorted relative paths (with '/') of the images under `root`."""
+  out = []
+  for d, dirs, files in os.walk(root):
+    dirs.sort()
+    for f in files:
+      if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
+        out.append(os.path.relpath(os.path.join(d, f), root).replace(os.sep, '/'))
+  return sorted(out)
+
+
+def open_source(spec, *, data_dir=None, num_examples=None, demo_seed=0,
+                image_size=128, limit=None):
+  """Parses --source and enumerates it. Returns (Source, folder ids or None)."""
+  kind, _, rest = (spec or '').partition(':')
+  ids = None
+  if kind == 'folder':
+    root = os.path.abspath(rest)
+    if not rest or not os.path.isdir(root):
+      raise PrecomputeError(f'--source=folder:{rest}: {root!r} is not a directory')
+    ids = list_folder(root)
+    if limit:
+      ids = ids[:limit]
+    if not ids:
+      raise PrecomputeError(f'--source=folder:{rest}: no images found (extensions'
+                            f' {", ".join(IMAGE_EXTENSIONS)}, any case, recursive)')
+    digest = hashlib.sha256('\n'.join(ids).encode('utf-8', 'surrogateescape'))
+    src = Source('folder', f'folder:{root}', len(ids), False, root=root,
+                 fingerprint=digest.hexdigest())
+  elif kind == 'tfds':
+    src = _open_tfds(rest, data_dir, limit)
+  elif kind == 'demo' and not rest:
+    from data_pipeline import demo_dataset  # Lazy: only the demo needs it.
+    n = demo_dataset.DEFAULT_NUM_EXAMPLES if num_examples is None else num_examples
+    n = min(n, limit) if limit else n
+    if n <= 0:
+      raise PrecomputeError(f'--num_examples={n}: the demo needs at least one scene')
+    src = Source('demo', f'demo(seed={demo_seed}, size={image_size})', n, True,
+                 demo_seed=demo_seed, image_size=image_size)
+  else:
+    raise PrecomputeError(f'--source={spec!r}: use folder:DIR, tfds:NAME:SPLIT'
+                          ' (e.g. tfds:imagenet2012:train, tfds:coco/2017_panoptic:train)'
+                          ' or demo')
+  return src, ids
+
+
+def _tfds_gt_kind(features):
+  if 'panoptic_image' in features.keys():
+    return 'panoptic'
+  if 'objects' in features.keys():
+    inner = getattr(features['objects'], 'feature', None)
+    for key in ('segmentation', 'mask'):
+      try:
+        if type(inner[key]).__name__ == 'Image':
+          return f'objects/{key}'
+      except (KeyError, TypeError):
+        pass
+  return ''
+
+
+def _open_tfds(rest, data_dir, limit):
+  name, _, split = rest.rpartition(':')
+  if not name or not split:
+    raise PrecomputeError(f'--source=tfds:{rest}: use tfds:NAME:SPLIT, e.g.'
+                          ' tfds:imagenet2012:train or tfds:coco/2017_panoptic:train')
+  if not data_dir:
+    raise PrecomputeError(f'--source=tfds:{rest} needs --data_dir: the folder holding'
+                          ' the prepared TFDS dataset (this tool never downloads)')
+  from data_pipeline import tf_setup
+  tf_setup.hide_accelerators()
+  import tensorflow_datasets as tfds
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # pylint: disable=broad-except
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise PrecomputeError(f'--source=tfds:{rest}: TFDS has no dataset {name!r}'
+                          f' ({first})') from None
+  if not builder.is_prepared():
+    raise PrecomputeError(
+        f'TFDS dataset {name!r} is not prepared under --data_dir={data_dir} (looked for'
+        f' {builder.data_dir}). This tool never downloads: prepare it first, e.g.'
+        f' `tfds build {name} --data_dir={data_dir}` (ImageNet: put the archives in'
+        f' {os.path.join(data_dir, "downloads", "manual")} first).')
+  splits = builder.info.splits
+  if split not in splits:
+    raise PrecomputeError(f'--source=tfds:{rest}: split {split!r} not in {name}; it'
+                          f' has {sorted(splits.keys())}')
+  features = builder.info.features
+  if 'image' not in features.keys():
+    raise PrecomputeError(f'TFDS dataset {name} has no "image" feature (it has'
+                          f' {sorted(features.keys())})')
+  n = splits[split].num_examples
+  n = min(n, limit) if limit else n
+  if n <= 0:
+    raise PrecomputeError(f'--source=tfds:{rest}: split {split!r} is empty')
+  gt_kind = _tfds_gt_kind(features)
+  builder_dir = os.fspath(builder.data_dir)
+  return Source('tfds', f'tfds:{name}:{split} ({builder_dir})', n, bool(gt_kind),
+                builder_dir=builder_dir, tfds_name=name, tfds_split=split,
+                gt_kind=gt_kind,
+                fingerprint=f'{name}:{builder.info.version}:{split}:{n}')
+
+
+def shard_positions(source, num_shards, index):
+  """The item positions of shard `index`: folder sources interleave, others are ranges."""
+  n = source.num_items
+  if source.kind == 'folder':
+    return range(index, n, num_shards)
+  return range(index * n // num_shards, (index + 1) * n // num_shards)
+
+
+def iterate_items(source, positions, folder_ids=None):
+  """Yields the Items of one shard (runs in the worker)."""
+  if source.kind == 'folder':
+    for rel in folder_ids:
+      path = os.path.join(source.root, rel)
+      yield Item(rel, path, lambda path=path: _read_file(path))
+  elif source.kind == 'demo':
+    if not positions:
+      return
+    from data_pipeline import demo_dataset
+    scenes = demo_dataset.iterate_scenes(len(positions), seed=source.demo_seed,
+                                         size=source.image_size, start=positions.start)
+    for pos, (image_id, image, gt) in zip(positions, scenes):
+      yield Item(str(image_id), f'demo[{pos}]', lambda image=image: image,
+                 gt=lambda gt=gt: np.asarray(gt))
+  else:
+    yield from _iterate_tfds(source, positions)
+
+
+def _read_file(path):
+  try:
+    with open(path, 'rb') as f:
+      return f.read()
+  except OSError as e:
+    raise ImageFailure(f'cannot read file: {e}') from None
+
+
+def _text(v):
+  return v.decode('utf-8', 'replace') if isinstance(v, bytes) else str(v)
+
+
+def _iterate_tfds(source, positions):
+  if not positions:
+    return
+  from data_pipeline import tf_setup
+  tf_setup.hide_accelerators()
+  import tensorflow_datasets as tfds
+  # Read-only from the prepared files: workers need no dataset code.
+  builder = tfds.builder_from_directory(source.builder_dir)
+  skip = tfds.decode.SkipDecoding()
+  decoders = {'image': skip}
+  if source.gt_kind == 'panoptic':
+    decoders['panoptic_image'] = skip
+  elif source.gt_kind.startswith('objects/'):
+    decoders['objects'] = {source.gt_kind.split('/', 1)[1]: skip}
+  ds = builder.as_dataset(
+      split=f'{source.tfds_split}[{positions.start}:{positions.stop}]',
+      decoders=decoders, shuffle_files=False,
+      read_config=tfds.ReadConfig(add_tfds_id=True))
+  for pos, ex in zip(positions, tfds.as_numpy(ds)):
+    image_id = next((_text(ex[k]) for k in ('image/filename', 'file_name', 'filename')
+                     if k in ex), _text(ex['tfds_id']))
+    gt = None
+    if source.gt_kind == 'panoptic':
+      gt = lambda png=ex['panoptic_image']: label_maps.panoptic_to_instances(png)
+    elif source.gt_kind.startswith('objects/'):
+      pngs = list(ex['objects'][source.gt_kind.split('/', 1)[1]])
+      gt = lambda pngs=pngs: label_maps.png_masks_to_instances(pngs)
+    yield Item(image_id, f'tfds:{source.tfds_name}:{source.tfds_split}[{pos}]',
+               lambda data=ex['image']: data, gt=gt)
