@@ -30,7 +30,7 @@ _IMAGE_SIZE = flags.DEFINE_integer('image_size', 96, 'View size.')
 _BATCH = flags.DEFINE_integer('batch_size', 32, 'Global batch.')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per method (part 1).')
 _TRAINER_STEPS = flags.DEFINE_integer('trainer_steps', 12, 'Steps of part 2 (0: skip).')
-_METHODS = flags.DEFINE_list('methods', ['byol', 'detcon_b'], 'Methods to time.')
+_METHODS = flags.DEFINE_list('methods', ['byol', 'detcon_b'], 'Configs (configs/<name>.py) to time.')
 _MASK = flags.DEFINE_string('mask', 'fh', 'config.data.mask (fh | gt | user | grid).')
 _OUT = flags.DEFINE_string('out', 'benchmarks/results/step_time.md', 'Table file.')
 
@@ -51,10 +51,11 @@ def time_step(name):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from data_pipeline import input_pipeline  # pylint: disable=g-import-not-at-top
-  from dense_ssl import methods, optim, train  # pylint: disable=g-import-not-at-top
+  from dense_ssl import method as method_lib  # pylint: disable=g-import-not-at-top
+  from dense_ssl import optim, train  # pylint: disable=g-import-not-at-top
   config = bench_config(name)
   mesh = train.make_mesh()
-  method = methods.get_method(config)
+  method = method_lib.Method(config)
   schedule = optim.learning_rate_schedule(config, 1000, 10)
   tx = optim.make_optimizer(config, schedule)
   local = next(input_pipeline.make_pretrain_iterator(

@@ -13,5 +13,6 @@ from configs import common
 
 
 def get_config(arg=None):
-  c = common.base_config('byol')
-  return common.apply_preset(c, arg)
+  preset = common.preset_name(arg)
+  c = common.base_config('byol', preset, byol=1.0)
+  return common.apply_preset(c, preset)

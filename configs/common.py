@@ -1,22 +1,36 @@
 """Shared defaults and presets for every pretraining config.
 
-A config file builds its method's paper settings on `base_config()` and
-calls `apply_preset(config, arg)`; presets:
+A config is a set of objective weights plus overrides. A config file builds
+its paper setting on `base_config(name, preset, **weights)` and calls
+`apply_preset(config, preset)`; presets:
   imagenet  the paper's setting on ImageNet (ResNet-50, 224 px, batch 4096)
   coco      COCO pretraining: FH masks at scales {500, 1000, 1500}, one per example
   demo      the embedded demo dataset on a CPU: ResNet-18, 96 px, minutes
-  test      seconds: for tests and smoke runs
-The preset is the text after ':' in --config=configs/<method>.py:<preset>.
+  test      seconds: for tests and smoke runs (ResNet-10, 64 px)
+The preset is the text after ':' in --config=configs/<name>.py:<preset>.
+
+config.objectives holds EVERY registered objective's subtree
+(dense_ssl/objectives/, weight 0 = off), so any objective can be switched on
+from the command line: --config.objectives.scrl.weight=0.5.
 """
 
 import ml_collections
 
+from dense_ssl import objectives
+
 PRESETS = ('imagenet', 'coco', 'demo', 'test')
 
 
-def base_config(method):
+def preset_name(arg):
+  """The preset named by the config argument ('paper' is 'imagenet'), validated."""
+  preset = (arg or 'imagenet').strip()
+  return 'imagenet' if preset == 'paper' else preset
+
+
+def base_config(name, preset, **weights):
+  """The shared defaults; `weights`: objective name -> weight (the others 0)."""
   c = ml_collections.ConfigDict()
-  c.method = method
+  c.name = name                    # The run's name, for logs and checkpoints.
   c.seed = 0
 
   c.batch_size = 4096              # Global, over all devices of all hosts.
@@ -28,11 +42,15 @@ def base_config(method):
       name='lars', base_lr=0.2, weight_decay=1.5e-6, momentum=0.9, eta=1e-3,
       nesterov=False, b1=0.9, b2=0.999))
   c.ema = ml_collections.ConfigDict(dict(base=0.996, schedule='cosine'))
-  c.loss = ml_collections.ConfigDict(dict(
-      temperature=0.1, num_samples=16, local_negatives=True, gather_negatives=True))
+  # The shared network: encoder, projector g and predictor q (DetCon Sec. 3.1).
   c.model = ml_collections.ConfigDict(dict(
       depth=50, width_multiplier=1, projector_hidden=4096, projector_dim=256,
-      predictor_hidden=4096, dtype='float32'))
+      projector_bn=True, predictor_hidden=4096, dtype='float32'))
+  c.objectives = objectives.default_configs(preset)
+  for objective, weight in weights.items():
+    if objective not in c.objectives:
+      raise ValueError(f'unknown objective {objective!r}; known: {sorted(c.objectives)}')
+    c.objectives[objective].weight = float(weight)
 
   c.data = ml_collections.ConfigDict(dict(
       dir='',                     # Mask dataset (precompute_masks --out_dir); required.
@@ -60,68 +78,11 @@ def base_config(method):
   return c
 
 
-def composed_config(method, **weights):
-  """base_config + what methods/compose.py reads: every objective's weight and keys.
-
-  All eight objectives are listed (0 = off) with their papers' defaults, so
-  any of them can be switched on from the command line, e.g.
-  --config.objectives.scrl=1.0 on top of configs/detcon_b_lc.py.
-  """
-  c = base_config(method)
-  c.objectives = ml_collections.ConfigDict(
-      {n: float(weights.pop(n, 0.0)) for n in (
-          'byol', 'simclr', 'moco', 'detcon', 'lc', 'scrl', 'resim', 'clove')})
-  if weights:
-    raise ValueError(f'unknown objectives {sorted(weights)}')
-  l, m = c.loss, c.model
-  # MoCo-v2 (global; ReSim's Table 7).
-  l.moco_queue_size = 65536
-  l.moco_temperature = 0.2
-  m.projector_bn = True            # MoCo-v2's head has no BN: configs/moco.py sets False.
-  # LC-loss.
-  l.lc_temperature = 0.1
-  m.local_hidden = 0               # 0: 2048 x width.
-  m.local_dim = 256
-  # SCRL (sampling_ratio and min_box_size follow data.image_size: finish_composed).
-  l.num_boxes = 10
-  l.min_box_size = 32.0
-  l.box_iou_threshold = 0.5
-  l.sampling_ratio = 7
-  l.roi_aligned = True
-  # ReSim.
-  l.resim_variant = 'c4'           # c4 | fpn
-  l.resim_temperature = 0.2
-  l.resim_negative_kernel = 3
-  m.region_dim = 128               # Sec. 3.4's two 3x3 convs; 0: none (official FPN code).
-  m.fpn_dim = 256
-  # CLoVE.
-  l.clove_t_pos = 0.7
-  l.clove_top_k = 10
-  l.clove_margin = 100.0           # The paper's mu (Sec. 6).
-  l.clove_lambda = 1.0
-  m.dense_hidden = 4096
-  m.dense_dim = 256
-  m.dense_attention_heads = 8
-  m.dense_attention_temperature = 0.1   # Not stated in the paper: an assumption.
-  return c
-
-
-def finish_composed(c):
-  """Keys that follow the preset's view size; call after apply_preset."""
-  size = c.data.image_size
-  c.loss.min_box_size = 32.0 * size / 224    # SCRL's 32 px at 224 px views.
-  c.loss.sampling_ratio = max(1, size // 32)
-  return c
-
-
-def apply_preset(c, arg):
-  """Applies the preset named by the config argument; returns the config."""
-  preset = (arg or 'imagenet').strip()
-  if preset == 'paper':
-    preset = 'imagenet'
+def apply_preset(c, preset):
+  """Applies the preset's overrides of model, data and schedule; returns the config."""
   if preset not in PRESETS:
-    raise ValueError(f'Unknown config preset {preset!r} for {c.method}: choose one of '
-                     f'{", ".join(PRESETS)} (e.g. --config=configs/{c.method}.py:demo).')
+    raise ValueError(f'Unknown config preset {preset!r} for {c.name}: choose one of '
+                     f'{", ".join(PRESETS)} (e.g. --config=configs/{c.name}.py:demo).')
   if preset == 'coco':
     # DetCon Sec. 3.2: FH with s in {500, 1000, 1500}, c = s, on COCO. Its
     # appendix A.3 (COCO schedule) is not in our copy of the paper: we keep the
@@ -151,11 +112,10 @@ def apply_preset(c, arg):
     c.log_every_steps = 10
     c.ckpt_every_steps = 50
   elif preset == 'test':
-    c.model.depth = 18
+    c.model.depth = 10           # One basic block per stage: the trainer tests' tiny net.
     c.model.projector_hidden = 64
     c.model.projector_dim = 32
     c.model.predictor_hidden = 64
-    c.loss.num_samples = 4
     c.data.image_size = 64
     c.data.mask = 'gt'
     c.data.shuffle_buffer = 16

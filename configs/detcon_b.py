@@ -12,13 +12,15 @@ LARS base LR 0.2 x batch/256, WD 1.5e-6, EMA base 0.996, 10 warmup epochs
   python -m dense_ssl.main --config=configs/detcon_b.py:demo --workdir=out/demo/detcon_b
   python -m dense_ssl.main --config=configs/detcon_b.py:test --workdir=/tmp/t \
       --config.data.dir=MASKS_DIR
-Paper ablations: --config.loss.local_negatives=False, --config.loss.gather_negatives=False
-(negatives from this device only, Table 5), --config.data.mask=grid|gt.
+Paper ablations: --config.objectives.detcon.local_negatives=False,
+--config.objectives.detcon.gather_negatives=False (negatives from this device
+only, Table 5), --config.data.mask=grid|gt.
 """
 
 from configs import common
 
 
 def get_config(arg=None):
-  c = common.base_config('detcon_b')
-  return common.apply_preset(c, arg)
+  preset = common.preset_name(arg)
+  c = common.base_config('detcon_b', preset, detcon=1.0)
+  return common.apply_preset(c, preset)

@@ -1,13 +1,13 @@
 r"""DetCon-B + LC-loss, composed: 0.9 x DetCon-B's loss + 0.1 x LC's local loss.
 
-An example of methods/compose.py: DetCon-B's paper setting (configs/
+An example of composing objectives: DetCon-B's paper setting (configs/
 detcon_b.py: FH masks, 16 per view, LARS 0.2 x batch/256, EMA 0.996, 1000
 epochs) with LC-loss's local projection branch and pixel NLL added at
 alpha = 0.1 (LC Eq. 5 weights BYOL and LC as (1 - alpha) and alpha; DetCon's
 mask loss takes BYOL's place). Both views are DetCon's random crops; the LC
 term reads view 1's cells at their true sub-pixel points in view 2 and
 drops those outside it. Any other objective can be added from the command
-line, e.g. --config.objectives.scrl=0.5.
+line, e.g. --config.objectives.scrl.weight=0.5.
 
   python -m dense_ssl.main --config=configs/detcon_b_lc.py:imagenet --workdir=WORKDIR \
       --config.data.dir=MASKS_DIR
@@ -19,9 +19,6 @@ from configs import common
 
 
 def get_config(arg=None):
-  preset = (arg or 'imagenet').strip()
-  c = common.composed_config('compose', detcon=0.9, lc=0.1)
-  c = common.apply_preset(c, preset)
-  if preset in ('demo', 'test'):
-    c.model.update(local_hidden=c.model.projector_hidden, local_dim=c.model.projector_dim)
-  return common.finish_composed(c)
+  preset = common.preset_name(arg)
+  c = common.base_config('detcon_b_lc', preset, detcon=0.9, lc=0.1)
+  return common.apply_preset(c, preset)

@@ -13,7 +13,9 @@ from configs import common
 
 
 def get_config(arg=None):
-  c = common.base_config('detcon_s')
+  preset = common.preset_name(arg)
+  c = common.base_config('detcon_s', preset, detcon=1.0)
+  c.objectives.detcon.shared_network = True
   c.optimizer.base_lr = 0.3
   c.optimizer.weight_decay = 1e-6
-  return common.apply_preset(c, arg)
+  return common.apply_preset(c, preset)

@@ -4,7 +4,7 @@ paper / imagenet preset: BYOL's ImageNet setting (ResNet-50, 224 px, LARS
 0.2 x batch/256, EMA 0.996), alpha = 0.1 (Eq. 5; the paper's ablation finds
 0.1-0.3 best), view 1 colour-only (I_c: no crop, no flip), view 2 cropped +
 flipped (I_sc). The paper does not state its softmax temperature tau: we use
-0.1 (config key loss.lc_temperature) -- an assumption to ablate.
+0.1 (config key objectives.lc.temperature) -- an assumption to ablate.
 
   python -m dense_ssl.main --config=configs/lc_byol.py:imagenet --workdir=WORKDIR \
       --config.data.dir=MASKS_DIR
@@ -15,16 +15,13 @@ flipped (I_sc). The paper does not state its softmax temperature tau: we use
 from configs import common
 
 
+ALPHA = 0.1  # LC Eq. 5: (1 - alpha) L_BYOL + alpha L_LC.
+
+
 def get_config(arg=None):
-  c = common.base_config('lc_byol')
-  c.loss.lc_alpha = 0.1
-  c.loss.lc_temperature = 0.1
-  c.model.local_hidden = 0          # 0: 2048 x width (the paper's 2048 -> 2048).
-  c.model.local_dim = 256
+  preset = common.preset_name(arg)
+  c = common.base_config('lc_byol', preset, byol=1 - ALPHA, lc=ALPHA)
   c.data.view_modes = ('color_only', 'crop')
-  c = common.apply_preset(c, arg)
+  c = common.apply_preset(c, preset)
   c.data.mask = 'grid'              # LC-loss uses no masks.
-  if (arg or '').strip() in ('demo', 'test'):
-    c.model.local_hidden = c.model.projector_hidden
-    c.model.local_dim = c.model.projector_dim
   return c

@@ -29,19 +29,21 @@ def moco_v2_setting(c):
 
 
 def moco_presets(c, preset):
-  """The common presets, with the queue scaled to the demo/test batches."""
+  """The common presets; demo/test get an SGD LR for short runs.
+
+  (The queue follows the preset in objectives/moco.py: whole demo/test batches.)
+  """
   c = common.apply_preset(c, preset)
   if preset in ('demo', 'test'):
-    # The queue holds whole global batches (32 / 8 here); the common demo
-    # preset's LARS 8.0 does not suit SGD: 8x MoCo's 0.03 for the short run
-    # (not tuned, as the demo's DetCon-B LR was).
-    c.loss.moco_queue_size = 1024 if preset == 'demo' else 64
+    # The common demo preset's LARS 8.0 does not suit SGD: 8x MoCo's 0.03
+    # for the short run (not tuned, as the demo's DetCon-B LR was).
     c.optimizer.update(name='sgd', base_lr=0.03 * 8, weight_decay=1e-4)
     c.ema.update(base=0.99, schedule='constant')
   c.data.mask = 'grid'               # No masks.
-  return common.finish_composed(c)
+  return c
 
 
 def get_config(arg=None):
-  c = moco_v2_setting(common.composed_config('moco', moco=1.0))
-  return moco_presets(c, (arg or 'imagenet').strip())
+  preset = common.preset_name(arg)
+  c = moco_v2_setting(common.base_config('moco', preset, moco=1.0))
+  return moco_presets(c, preset)

@@ -6,15 +6,15 @@ imagenet preset = the paper's IN-1K setting (Sec. 4, Table 7): MoCo-v2 for
 32 on C4, two 3x3 convs to 128 channels, Precise RoI Pooling, negatives from
 3x3 average-pooled key maps of all devices), loss weights 1 (Eq. 5); the
 two views share one flip decision (Sec. 3.3). ReSim-FPN:
---config.loss.resim_variant=fpn (P4: 48/32, P3: 32/24; the FPN is exported
-to Detectron2). --config.model.region_dim=0 pools the maps without the
+--config.objectives.resim.variant=fpn (P4: 48/32, P3: 32/24; the FPN is exported
+to Detectron2). --config.objectives.resim.region_dim=0 pools the maps without the
 region head (the official FPN code); in100 preset: IN-100, 500 epochs,
 queue 16,384.
 
   python -m dense_ssl.main --config=configs/resim.py:imagenet --workdir=WORKDIR \
       --config.data.dir=MASKS_DIR
   python -m dense_ssl.main --config=configs/resim.py:imagenet --workdir=WORKDIR \
-      --config.data.dir=MASKS_DIR --config.loss.resim_variant=fpn
+      --config.data.dir=MASKS_DIR --config.objectives.resim.variant=fpn
   python -m dense_ssl.main --config=configs/resim.py:demo --workdir=out/demo/resim \
       --config.data.dir=out/demo/masks
 """
@@ -24,16 +24,11 @@ from configs import moco
 
 
 def get_config(arg=None):
-  preset = (arg or 'imagenet').strip()
-  c = moco.moco_v2_setting(common.composed_config('resim', moco=1.0, resim=1.0))
+  arg = (arg or 'imagenet').strip()
+  preset = 'imagenet' if arg == 'in100' else common.preset_name(arg)
+  c = moco.moco_v2_setting(common.base_config('resim', preset, moco=1.0, resim=1.0))
   c.data.shared_flip = True
-  if preset == 'in100':
+  if arg == 'in100':
     c.total_epochs = 500.0
-    c.loss.moco_queue_size = 16384
-    preset = 'imagenet'
-  c = moco.moco_presets(c, preset)
-  if preset == 'test':
-    c.model.update(region_dim=32, fpn_dim=32)
-  elif preset == 'demo':
-    c.model.update(region_dim=64, fpn_dim=64)
-  return c
+    c.objectives.moco.queue_size = 16384
+  return moco.moco_presets(c, preset)

@@ -14,10 +14,10 @@ Presets:
 Boxes (Sec. 3.1): K = 10, >= 32 px in both views at 224 px (demo/test keep
 the same fraction of the view, 32/224), IoU < 0.5 among an image's boxes;
 1x1 RoIAlign on C5 with aligned=True (SCRL's code: False, which misplaces
-boxes by half a cell; --config.loss.roi_aligned=False reproduces it) and
-sampling_ratio = image_size / 32 (fixed; the code's is adaptive:
-methods/scrl.py). Views
-need no masks: data.mask = 'grid' (made on the fly) reads any mask dataset.
+boxes by half a cell; --config.objectives.scrl.roi_aligned=False reproduces
+it) and sampling_ratio = image_size / 32 (fixed; the code's is adaptive:
+dense_ssl/objectives/scrl.py). Views need no masks: data.mask = 'grid'
+(made on the fly) reads any mask dataset.
 
   python -m dense_ssl.main --config=configs/scrl.py:imagenet --workdir=WORKDIR \
       --config.data.dir=MASKS_DIR
@@ -28,38 +28,26 @@ need no masks: data.mask = 'grid' (made on the fly) reads any mask dataset.
   python -m dense_ssl.main --config=configs/scrl.py:demo --workdir=out/demo/scrl
   python -m dense_ssl.main --config=configs/scrl.py:test --workdir=/tmp/t \
       --config.data.dir=MASKS_DIR
-Switches: --config.loss.global_weight=1.0 adds the global BYOL loss (not in
-SCRL's code); --config.loss.box_iou_threshold=1.0 turns IoU rejection off
-(Table 7); --config.loss.num_boxes=K (Table 6).
+Switches: --config.objectives.byol.weight=1.0 adds the global BYOL loss (not
+in SCRL's code); --config.objectives.scrl.box_iou_threshold=1.0 turns IoU
+rejection off (Table 7); --config.objectives.scrl.num_boxes=K (Table 6).
 """
 
 from configs import common
 
-SCRL_VIEW = 224          # The view size SCRL's box sizes are given at.
-
 
 def get_config(arg=None):
-  preset = (arg or 'imagenet').strip()
-  c = common.base_config('scrl')
-  c.loss.num_boxes = 10              # K.
-  c.loss.min_box_size = 32.0         # W_min = H_min, px at 224 px views.
-  c.loss.box_iou_threshold = 0.5
-  c.loss.sampling_ratio = 0          # Set below from the view size.
-  c.loss.roi_aligned = True          # torchvision's flag; SCRL's code: False.
-  c.loss.global_weight = 0.0         # SCRL's code: box loss only.
+  arg = (arg or 'imagenet').strip()
+  preset = 'imagenet' if arg == 'paper200' else common.preset_name(arg)
+  # SCRL's code: the box loss only (--config.objectives.byol.weight=1 adds BYOL's).
+  c = common.base_config('scrl', preset, scrl=1.0)
   c.data.crop_area = (0.2, 1.0)
   c.batch_size = 8192
-  if preset == 'paper200':
+  if arg == 'paper200':
     c.total_epochs = 200.0
     c.optimizer.base_lr = 0.45
     c.optimizer.weight_decay = 1e-6
     c.ema.base = 0.97
-    preset = 'imagenet'
   c = common.apply_preset(c, preset)
   c.data.mask = 'grid'
-  size = c.data.image_size
-  c.loss.min_box_size = 32.0 * size / SCRL_VIEW
-  # A box spans at most size / 32 C5 cells: torchvision's adaptive count for
-  # the largest box (7 at 224 px).
-  c.loss.sampling_ratio = max(1, size // 32)
   return c

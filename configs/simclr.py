@@ -12,7 +12,8 @@ from configs import common
 
 
 def get_config(arg=None):
-  c = common.base_config('simclr')
+  preset = common.preset_name(arg)
+  c = common.base_config('simclr', preset, simclr=1.0)
   c.optimizer.base_lr = 0.3
   c.optimizer.weight_decay = 1e-6
-  return common.apply_preset(c, arg)
+  return common.apply_preset(c, preset)

@@ -4,7 +4,7 @@ Pure functions of (inputs, seed): every random draw is a `tf.random.stateless_*`
 op keyed by a [2] int seed, so a view is a deterministic function of its record
 and its seed (needed for exact resume, see input_pipeline.py).
 
-Geometry convention (CONTRACT.md): a view records `box` = (y0, x0, y1, x1), its
+Geometry convention (WORKSPACE.md, section 4): a view records `box` = (y0, x0, y1, x1), its
 crop window in normalised original-image coordinates, and `flip` = 1 if it was
 mirrored left-right after cropping. The centre of view pixel (r, c) of an S x S
 view has v = ((r + .5) / S, (c + .5) / S); if flip, v_x <- 1 - v_x; then

@@ -50,16 +50,9 @@ def peak_learning_rate(config):
 
 def learning_rate_schedule(config, total_steps, warmup_steps):
   """Linear warmup from 0 to the peak, then cosine decay to 0 at total_steps."""
-  peak = peak_learning_rate(config)
-
-  def schedule(step):
-    step = jnp.asarray(step, jnp.float32)
-    warm = peak * step / max(warmup_steps, 1)
-    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
-    cos = 0.5 * peak * (1 + jnp.cos(jnp.pi * jnp.clip(progress, 0.0, 1.0)))
-    return jnp.where(step < warmup_steps, warm, cos)
-
-  return schedule
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=peak_learning_rate(config), warmup_steps=warmup_steps,
+      decay_steps=max(total_steps, warmup_steps + 1), end_value=0.0)
 
 
 EMA_SCHEDULES = ('cosine', 'constant')
@@ -75,8 +68,8 @@ def ema_tau(step, total_steps, base, schedule='cosine'):
     return jnp.float32(base)
   if schedule != 'cosine':
     raise ValueError(f'config key ema.schedule={schedule!r}: choose one of {EMA_SCHEDULES}')
-  k = jnp.asarray(step, jnp.float32)
-  return 1.0 - (1.0 - base) * (jnp.cos(jnp.pi * k / total_steps) + 1.0) / 2.0
+  # 1 - tau_k is a cosine decay of (1 - base) to 0 over the K steps.
+  return 1.0 - optax.cosine_decay_schedule(1.0 - base, total_steps)(step)
 
 
 def make_optimizer(config, schedule):

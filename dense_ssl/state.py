@@ -13,7 +13,9 @@ class TrainState:
 
   The data position is the step: the input pipeline is a function of
   (seed, step), so restarting it at `step` replays the same batches.
-  Methods without a target (SimCLR, DetCon-S) keep empty target dicts.
+  Without a target network (SimCLR, DetCon-S) the target dicts are empty.
+  Parameter paths are fixed: the encoder is online_params['encoder'] (and
+  target_params['encoder']), what the converter reads.
   """
   step: jnp.ndarray                 # int32 [], steps done.
   online_params: Any
@@ -35,8 +37,7 @@ def create_train_state(method, tx, rng, sample_batch):
   """Initialises the method's networks and the optimiser on one device batch."""
   init_rng, state_rng = jax.random.split(rng)
   variables = method.init(init_rng, sample_batch)
-  method_state = (method.init_method_state(jax.random.fold_in(init_rng, 1))
-                  if method.has_state else {})
+  method_state = variables['state']
   online, target = variables['online'], variables['target'] or {}
   return TrainState(
       step=jnp.zeros((), jnp.int32),

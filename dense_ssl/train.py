@@ -32,10 +32,10 @@ import optax
 
 from data_pipeline import input_pipeline
 from dense_ssl import checkpoint as ckpt_lib
+from dense_ssl import method as method_lib
 from dense_ssl import optim
 from dense_ssl import state as state_lib
-from dense_ssl import methods as methods_lib
-from dense_ssl.methods.base import AXIS
+from dense_ssl.objectives.base import AXIS
 
 
 class NonFiniteLossError(RuntimeError):
@@ -54,16 +54,9 @@ def make_per_device_step(method, tx, schedule, total_steps, ema_base,
     rng = jax.random.fold_in(state.rng, step)
     # Per-device gradients (as under pmap), averaged explicitly below.
     params = jax.lax.pcast(state.online_params, AXIS, to='varying')
-
-    def loss_fn(p):
-      if method.has_state:
-        return method.loss(p, state.online_batch_stats, state.target_variables,
-                           batch, rng, method_state=state.method_state)
-      loss, aux = method.loss(p, state.online_batch_stats, state.target_variables,
-                              batch, rng)
-      return loss, aux + (state.method_state,)
-
-    (loss, (stats, tstats, metrics, method_state)), grads = jax.value_and_grad(
+    loss_fn = lambda p: method.loss(p, state.online_batch_stats, state.target_variables,
+                                    state.method_state, batch, rng)
+    (_, (stats, tstats, metrics, method_state)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(params)
     grads = jax.lax.pmean(grads, AXIS)
     updates, opt_state = tx.update(grads, state.opt_state, state.online_params)
@@ -78,9 +71,8 @@ def make_per_device_step(method, tx, schedule, total_steps, ema_base,
       # BYOL: xi <- tau xi + (1 - tau) theta, with tau cosine-annealed to 1
       # (MoCo: constant, ema_schedule='constant').
       tau = optim.ema_tau(step, total_steps, ema_base, ema_schedule)
-      target_params = jax.tree.map(
-          lambda t, o: tau * t + (1.0 - tau) * o, target_params,
-          {k: online_params[k] for k in target_params})
+      target_params = optax.incremental_update(
+          {k: online_params[k] for k in target_params}, target_params, 1.0 - tau)
       target_stats = jax.lax.pmean(tstats, AXIS)
 
     metrics = jax.lax.pmean(metrics, AXIS)
@@ -189,27 +181,86 @@ class MetricWriter:
       self._writer.close()
 
 
+class Progress:
+  """The log line: loss, LR, throughput, data wait and ETA (process 0 logs it).
+
+  Means over the steps since the last line (smoother curves); the first
+  step (compilation) is left out of the throughput and the ETA.
+  """
+
+  def __init__(self, config, total_steps, steps_per_epoch, num_devices):
+    self.batch_size, self.total_steps = config.batch_size, total_steps
+    self.steps_per_epoch, self.num_devices = steps_per_epoch, num_devices
+    self.compile_done = None
+    self.steps_after_compile = 0
+    self.window = dict(t0=None, steps=0, wait=0.0)
+    self.last_scalars = {}
+
+  def step_done(self, metrics, t_start, wait):
+    if self.compile_done is None:
+      jax.block_until_ready(metrics)
+      self.compile_done = time.perf_counter()
+      self.window.update(t0=self.compile_done, steps=0, wait=0.0)
+      logging.info('step 1 compiled and ran in %.1fs', self.compile_done - t_start)
+    else:
+      self.window['steps'] += 1
+      self.window['wait'] += wait
+      self.steps_after_compile += 1
+
+  def log_line(self, step, logged):
+    """Scalars for TensorBoard from the host metrics `logged`; logs the line."""
+    now = time.perf_counter()
+    scalars = {f'train/{k}': float(np.mean([m[k] for m in logged])) for k in logged[-1]}
+    scalars['train/learning_rate'] = float(logged[-1]['learning_rate'])
+    scalars['train/tau'] = float(logged[-1]['tau'])
+    scalars['train/epoch'] = step / self.steps_per_epoch
+    w = self.window
+    perf = eta = ''
+    if w['steps']:
+      dt = (now - w['t0']) / w['steps']
+      scalars.update({
+          'perf/step_time_s': dt,
+          'perf/images_per_s': self.batch_size / dt,
+          'perf/images_per_s_per_device': self.batch_size / dt / self.num_devices,
+          'perf/data_wait_fraction': w['wait'] / (now - w['t0']),
+      })
+      perf = (f' | {scalars["perf/images_per_s"]:.1f} img/s | {dt:.2f} s/step'
+              f' | data wait {100 * scalars["perf/data_wait_fraction"]:.0f}%')
+    if self.steps_after_compile:
+      per_step = (now - self.compile_done) / self.steps_after_compile
+      eta = f' | ETA {_format_duration(per_step * (self.total_steps - step))}'
+    logging.info('step %d/%d (%.0f%%) | epoch %.2f | loss %.4f | lr %.4g%s%s',
+                 step, self.total_steps, 100 * step / self.total_steps,
+                 step / self.steps_per_epoch, scalars['train/loss'],
+                 scalars['train/learning_rate'], perf, eta)
+    self.window.update(t0=time.perf_counter(), steps=0, wait=0.0)
+    self.last_scalars = scalars
+    return scalars
+
+
 def train_and_evaluate(config, workdir, *, stop_after_steps=None):
-  """Trains config.method until its last step, resuming from workdir.
+  """Trains config.objectives until the last step, resuming from workdir.
 
   Args:
-    config: a locked ConfigDict (configs/<method>.py).
+    config: a locked ConfigDict (configs/<name>.py).
     workdir: checkpoints, config.json and TensorBoard logs go here.
     stop_after_steps: stop (after checkpointing) once this many steps ran in
       THIS call: simulates a preemption in tests.
   Returns:
-    dict(step=..., metrics=last logged metrics, state=the final TrainState).
+    dict(step=..., metrics=last logged metrics, state=the final TrainState,
+    finished=bool).
   """
+  # ------------------------------------------------------------- setup ---
   if '://' not in workdir:  # Orbax wants absolute local paths (gs:// as is).
     workdir = os.path.abspath(workdir)
-  process = jax.process_index()
-  is_chief = process == 0
+  is_chief = jax.process_index() == 0
   check_processes_agree(config)
   mesh = make_mesh()
   num_devices = jax.device_count()
   if config.batch_size % num_devices:
     raise ValueError(f'config.batch_size={config.batch_size} is not divisible by '
                      f'the {num_devices} devices; choose a multiple of {num_devices}.')
+  method = method_lib.Method(config)   # Validates config.objectives first.
 
   manifest = input_pipeline.read_manifest(config.data.dir)
   num_examples = int(manifest['num_examples'])
@@ -217,7 +268,6 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
       config, num_examples)
   schedule = optim.learning_rate_schedule(config, total_steps, warmup_steps)
   tx = optim.make_optimizer(config, schedule)
-  method = methods_lib.get_method(config)
 
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   ckpt_lib.check_config_matches(workdir, config)
@@ -231,18 +281,22 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
     return dict(step=start_step, metrics={}, state=None, finished=True)
   if is_chief:
     ckpt_lib.save_config(workdir, config)
+  logging.info('%s (%s): %d examples, global batch %d over %d devices (%d processes): '
+               '%d steps (%.1f epochs), %d warmup; peak LR %.4g', config.name,
+               ' + '.join(f'{w:g} x {n}' for n, w in method.weights.items()),
+               num_examples, config.batch_size, num_devices, jax.process_count(),
+               total_steps, total_steps / steps_per_epoch, warmup_steps,
+               optim.peak_learning_rate(config))
 
-  logging.info('%s: %d examples, global batch %d over %d devices (%d processes): '
-               '%d steps (%.1f epochs), %d warmup; peak LR %.4g',
-               config.method, num_examples, config.batch_size, num_devices,
-               jax.process_count(), total_steps, total_steps / steps_per_epoch,
-               warmup_steps, optim.peak_learning_rate(config))
-
+  # -------------------------------------------------------------- data ---
+  # A function of (seed, step): restarting at start_step replays the batches.
   batches = input_pipeline.make_pretrain_iterator(
       config.data, global_batch_size=config.batch_size, seed=config.seed,
-      start_step=start_step, process_index=process,
+      start_step=start_step, process_index=jax.process_index(),
       process_count=jax.process_count(), num_local_devices=jax.local_device_count())
   first = next(batches)
+
+  # ------------------------------------------------- state, or resume ---
   state = init_state(method, tx, config, first, mesh)
   logging.info('parameters: online %s, target %s',
                f'{state_lib.num_params(state.online_params):,}',
@@ -256,24 +310,22 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
   else:
     logging.info('starting from scratch in %s', workdir)
 
+  # ----------------------------------------------------- compiled step ---
   train_step = compile_train_step(method, tx, schedule, total_steps,
                                   config.ema.base, mesh,
                                   config.ema.get('schedule', 'cosine'))
-  writer = MetricWriter(workdir, is_chief)
 
   def save(step):
     checkpointer.save(step, state, dict(
-        step=step, data_step=step, total_steps=total_steps, method=config.method,
+        step=step, data_step=step, total_steps=total_steps, name=config.name,
         seed=config.seed, epoch=step / steps_per_epoch))
 
-  step = start_step
+  # -------------------------------------------------------------- loop ---
+  writer = MetricWriter(workdir, is_chief)
+  progress = Progress(config, total_steps, steps_per_epoch, num_devices)
   pending = collections.deque()          # (step, device metrics) not yet read.
   logged = []                            # Host metrics since the last log line.
-  window = dict(t0=None, steps=0, wait=0.0)
-  timing = dict(compile_done=None, steps_after_compile=0)
-  last_metrics = {}
-  local_batch = first
-  ran = 0
+  step, ran, local_batch = start_step, 0, first
 
   def check_finite(step_done, metrics):
     # The loss alone can stay finite (normalisation clamps NaN features)
@@ -289,7 +341,6 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
           f'{checkpointer.directory}. Lower config.optimizer.base_lr, raise '
           'config.warmup_epochs, use config.model.dtype=float32, or check the '
           'input data.')
-    return values['loss']
 
   def drain(keep):
     """Reads (and checks) all pending step metrics but the last `keep`."""
@@ -313,54 +364,17 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
       pending.append((step, metrics))
       # Read the previous step's metrics while this one runs (no stall).
       drain(keep=1)
-
-      if timing['compile_done'] is None:
-        jax.block_until_ready(metrics)
-        timing['compile_done'] = time.perf_counter()
-        window.update(t0=timing['compile_done'], steps=0, wait=0.0)
-        logging.info('step 1 compiled and ran in %.1fs', timing['compile_done'] - t_wait)
-      else:
-        window['steps'] += 1
-        window['wait'] += wait
-        timing['steps_after_compile'] += 1
+      progress.step_done(metrics, t_wait, wait)
 
       is_last = step == total_steps
       stop_now = stop_after_steps is not None and ran >= stop_after_steps
       if step % config.log_every_steps == 0 or is_last or stop_now:
         drain(keep=0)
-        now = time.perf_counter()
-        # Means over the steps since the last log line: smoother curves.
-        scalars = {f'train/{k}': float(np.mean([m[k] for m in logged]))
-                   for k in logged[-1]}
-        scalars['train/learning_rate'] = float(logged[-1]['learning_rate'])
-        scalars['train/tau'] = float(logged[-1]['tau'])
+        scalars = progress.log_line(step, logged)
         logged.clear()
-        if window['steps']:
-          dt = (now - window['t0']) / window['steps']
-          scalars.update({
-              'perf/step_time_s': dt,
-              'perf/images_per_s': config.batch_size / dt,
-              'perf/images_per_s_per_device': config.batch_size / dt / num_devices,
-              'perf/data_wait_fraction': window['wait'] / (now - window['t0']),
-          })
-        scalars['train/epoch'] = step / steps_per_epoch
         writer.write(step, scalars)
-        last_metrics = scalars
-        eta = ''
-        if timing['steps_after_compile']:
-          per_step = (now - timing['compile_done']) / timing['steps_after_compile']
-          eta = f' | ETA {_format_duration(per_step * (total_steps - step))}'
-        perf = ''
-        if 'perf/step_time_s' in scalars:
-          perf = (f' | {scalars["perf/images_per_s"]:.1f} img/s'
-                  f' | {scalars["perf/step_time_s"]:.2f} s/step'
-                  f' | data wait {100 * scalars["perf/data_wait_fraction"]:.0f}%')
-        logging.info('step %d/%d (%.0f%%) | epoch %.2f | loss %.4f | lr %.4g%s%s',
-                     step, total_steps, 100 * step / total_steps,
-                     step / steps_per_epoch, scalars['train/loss'],
-                     scalars['train/learning_rate'], perf, eta)
-        window.update(t0=time.perf_counter(), steps=0, wait=0.0)
 
+      # --------------------------------------------------- checkpoint ---
       if step % config.ckpt_every_steps == 0 or is_last or stop_now:
         drain(keep=0)  # Never checkpoint a state whose loss was not finite.
         save(step)
@@ -369,12 +383,12 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
         logging.info('stopping after %d steps in this run (stop_after_steps)', ran)
         break
   finally:
-    checkpointer.close()
+    checkpointer.close()   # Waits for the last asynchronous save.
     writer.close()
 
   if step == total_steps:
     logging.info('training finished: step %d of %d; checkpoints in %s, '
                  'TensorBoard logs in %s', step, total_steps,
                  checkpointer.directory, workdir)
-  return dict(step=step, metrics=last_metrics, state=state,
+  return dict(step=step, metrics=progress.last_scalars, state=state,
               finished=step == total_steps)

@@ -26,3 +26,9 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '1')
 from data_pipeline import tf_setup  # noqa: E402
 
 tf_setup.hide_accelerators()
+
+
+def pytest_configure(config):
+  config.addinivalue_line(
+      'markers', 'slow: several local processes (multi-host); CI runs them, '
+      'skip locally with -m "not slow"')

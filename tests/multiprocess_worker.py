@@ -30,13 +30,14 @@ def run(steps):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from configs import detcon_b  # pylint: disable=g-import-not-at-top
-  from dense_ssl import methods, optim, train  # pylint: disable=g-import-not-at-top
-  from tests.test_methods import fake_batch  # pylint: disable=g-import-not-at-top
+  from dense_ssl import method as method_lib  # pylint: disable=g-import-not-at-top
+  from dense_ssl import optim, train  # pylint: disable=g-import-not-at-top
+  from tests.fake_data import fake_batch  # pylint: disable=g-import-not-at-top
 
   config = detcon_b.get_config('test')
   config.optimizer.base_lr = 2.0
   mesh = train.make_mesh()
-  method = methods.get_method(config)
+  method = method_lib.Method(config)
   schedule = optim.learning_rate_schedule(config, 10, 0)
   tx = optim.make_optimizer(config, schedule)
   n_dev = jax.device_count()

@@ -119,3 +119,60 @@ def nt_xent_ref(z1, z2, temperature=0.1):
 def byol_loss_ref(pred, target):
   p, t = _normalize(pred), _normalize(target)
   return float(np.mean(2 - 2 * (p * t).sum(-1)))
+
+
+def _bilinear_ref(grid, y, x):
+  """Bilinear read of a [H, W] map at (y, x), clamped to the border (valid points only)."""
+  h, w = grid.shape
+  y = min(max(y, 0.0), h - 1.0)
+  x = min(max(x, 0.0), w - 1.0)
+  y0, x0 = int(np.floor(y)), int(np.floor(x))
+  y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
+  ly, lx = y - y0, x - x0
+  return ((1 - ly) * (1 - lx) * grid[y0, x0] + (1 - ly) * lx * grid[y0, x1]
+          + ly * (1 - lx) * grid[y1, x0] + ly * lx * grid[y1, x1])
+
+
+def local_contrastive_loss_ref(target_local, online_local, coords, valid, temperature):
+  """LC-loss Eqs. 2-4, float64 loops: for each valid cell p_c of I_c, the NLL map
+  -log softmax_k(cos(F_xi(p_c), F_theta(k)) / tau) over I_sc's cells, read at p_sc
+  by bilinear interpolation; mean over the valid pairs of the batch."""
+  t = _normalize(target_local)
+  o = _normalize(online_local)
+  b, hs, ws, _ = o.shape
+  values = []
+  for n in range(b):
+    cells = t[n].reshape(-1, t.shape[-1])
+    for i, f in enumerate(cells):
+      if not valid[n, i]:
+        continue
+      logits = (o[n] @ f) / temperature                      # [hs, ws]
+      nll = _logsumexp(logits.ravel()) - logits
+      values.append(_bilinear_ref(nll, float(coords[n, i, 0]), float(coords[n, i, 1])))
+  return float(np.mean(values)) if values else 0.0
+
+
+def scrl_loss_ref(pred1, pred2, target1, target2, valid):
+  """SCRL Eqs. 2-3: sum over valid boxes of ||q_bar - z'_bar||^2 in both directions,
+  divided by the number of valid boxes of the batch."""
+  p1, p2, t1, t2 = (_normalize(x) for x in (pred1, pred2, target1, target2))
+  total, count = 0.0, 0
+  b, k = np.asarray(valid).shape
+  for n in range(b):
+    for s in range(k):
+      if valid[n, s]:
+        total += np.sum((p1[n, s] - t2[n, s]) ** 2) + np.sum((p2[n, s] - t1[n, s]) ** 2)
+        count += 1
+  return total / max(count, 1)
+
+
+def infonce_ref(query, key, queue, temperature):
+  """MoCo's InfoNCE (ReSim Eq. 4): mean over queries of
+  -log exp(q.k+/tau) / (exp(q.k+/tau) + sum_queue exp(q.k-/tau))."""
+  q, k = _normalize(query), _normalize(key)
+  queue = np.asarray(queue, np.float64)
+  losses = []
+  for i in range(q.shape[0]):
+    logits = np.concatenate([[q[i] @ k[i]], queue @ q[i]]) / temperature
+    losses.append(_logsumexp(logits) - logits[0])
+  return float(np.mean(losses))

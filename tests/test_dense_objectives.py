@@ -16,9 +16,9 @@ from dense_ssl import train
 from dense_ssl.losses import clove as clove_losses
 from dense_ssl.losses import moco as moco_losses
 from dense_ssl.losses import resim as resim_losses
-from dense_ssl.models import heads
+from dense_ssl.objectives import clove as clove_objective
 from tests import mask_records
-from tests.test_methods import fake_batch
+from tests.fake_data import fake_batch
 from tests.test_train import one_step
 from tests.test_train import override
 
@@ -138,7 +138,7 @@ def test_clove_loss_lower_when_predictions_match_their_neighbours():
 
 def test_normalised_attention_matches_a_numpy_reference():
   x = np.random.default_rng(5).normal(size=(2, 3, 3, 16)).astype(np.float32)
-  mod = heads.NormalizedMultiHeadAttention(num_heads=4, temperature=0.1)
+  mod = clove_objective.NormalizedMultiHeadAttention(num_heads=4, temperature=0.1)
   params = mod.init(jax.random.key(0), x)['params']
   got = mod.apply({'params': params}, x)
   p = jax.tree.map(np.asarray, params)
@@ -191,7 +191,9 @@ def data_dir(tmp_path_factory):
 # MoCo alone runs through the trainer in the resume test below, ReSim-C4's
 # step in the device test above.
 @pytest.mark.parametrize('module,overrides,expect', [
-    (resim_config, {'loss.resim_variant': 'fpn'}, 'resim_p3_valid_windows_per_image'),
+    # ResNet-18: the FPN is exported to Detectron2 below, whose depth table has no 10.
+    (resim_config, {'objectives.resim.variant': 'fpn', 'model.depth': 18},
+     'resim_p3_valid_windows_per_image'),
     (clove_config, {}, 'clove_positive_pairs_per_image'),
     (detcon_b_lc, {}, 'lc_valid_pairs'),
 ])
@@ -201,7 +203,7 @@ def test_one_real_step(module, overrides, expect, data_dir, tmp_path):
   metrics = out['metrics']
   assert out['finished'] and np.isfinite(metrics['train/loss'])
   assert metrics[f'train/{expect}'] > 0
-  if overrides.get('loss.resim_variant') == 'fpn':
+  if overrides.get('objectives.resim.variant') == 'fpn':
     fpn = out['state'].online_params['fpn']
     assert sorted(fpn) == ['lateral_3', 'lateral_4', 'lateral_5', 'output_3', 'output_4']
     report = convert.convert(str(tmp_path / 'run'), 'detectron2', str(tmp_path / 'r.pkl'),
@@ -228,13 +230,17 @@ def test_moco_queue_is_checkpointed_and_resume_is_exact(data_dir, tmp_path):
 
 def test_paper_presets():
   c = resim_config.get_config('paper')
-  assert (c.batch_size, c.total_epochs, c.loss.moco_queue_size) == (256, 200.0, 65536)
+  moco = c.objectives.moco
+  assert (c.batch_size, c.total_epochs, moco.queue_size) == (256, 200.0, 65536)
   assert c.optimizer.name == 'sgd' and c.optimizer.base_lr == 0.03
-  assert (c.ema.base, c.ema.schedule, c.loss.moco_temperature) == (0.999, 'constant', 0.2)
+  assert (c.ema.base, c.ema.schedule, moco.temperature) == (0.999, 'constant', 0.2)
   assert c.model.projector_dim == 128 and not c.model.projector_bn and c.data.shared_flip
-  assert resim_config.get_config('in100').loss.moco_queue_size == 16384
+  assert (moco.weight, c.objectives.resim.weight, c.objectives.resim.variant) == (1, 1, 'c4')
+  assert resim_config.get_config('in100').objectives.moco.queue_size == 16384
   c = clove_config.get_config('paper')
   assert (c.batch_size, c.optimizer.base_lr, c.optimizer.weight_decay) == (2048, 1.0, 2e-5)
-  assert (c.loss.clove_t_pos, c.loss.clove_top_k, c.model.dense_attention_heads) == (0.7, 10, 8)
+  cl = c.objectives.clove
+  assert (cl.t_pos, cl.top_k, cl.attention_heads, cl.hidden, cl.dim) == (0.7, 10, 8, 4096, 256)
   c = detcon_b_lc.get_config('paper')
-  assert (c.objectives.detcon, c.objectives.lc, c.data.mask) == (0.9, 0.1, 'fh')
+  weights = {n: s.weight for n, s in c.objectives.items() if s.weight}
+  assert (weights, c.data.mask) == ({'detcon': 0.9, 'lc': 0.1}, 'fh')

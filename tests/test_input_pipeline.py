@@ -3,8 +3,8 @@
 The geometry tests use images whose pixels encode their own coordinates
 (R = x, G = y) and a label map id = y * W + x, run with the colour
 augmentation switched off, and check that each view's recorded box/flip maps
-every view pixel back to the original pixel it shows (CONTRACT.md, "Geometry
-convention").
+every view pixel back to the original pixel it shows (WORKSPACE.md, section 4,
+"Geometry convention").
 """
 
 import ml_collections

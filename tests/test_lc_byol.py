@@ -69,5 +69,6 @@ def test_one_real_step(tmp_path):
 
 def test_paper_preset():
   c = lc_config.get_config('paper')
-  assert c.loss.lc_alpha == 0.1 and c.data.view_modes == ('color_only', 'crop')
-  assert c.model.depth == 50 and c.model.local_dim == 256
+  assert (c.objectives.byol.weight, c.objectives.lc.weight) == (0.9, 0.1)
+  assert c.data.view_modes == ('color_only', 'crop')
+  assert c.model.depth == 50 and c.objectives.lc.local_dim == 256

@@ -19,6 +19,9 @@ import pytest
 from tests import mask_records
 from tests import multiprocess_worker
 
+# Several processes each: CI runs them; `-m "not slow"` skips them locally.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -90,7 +93,7 @@ def test_processes_with_different_configs_fail_with_a_message(data_dir, tmp_path
   outs = launch([[sys.executable, '-m', 'dense_ssl.main',
                   '--config=configs/detcon_b.py:test', f'--workdir={tmp_path}/run',
                   f'--config.data.dir={data_dir}', '--config.total_steps=1',
-                  f'--config.loss.temperature={0.1 + 0.1 * i}',
+                  f'--config.objectives.detcon.temperature={0.1 + 0.1 * i}',
                   f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
                   f'--process_id={i}', '--distributed_timeout_s=60']
                  for i in range(2)], timeout=300, expect_ok=False)

@@ -6,17 +6,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import scrl as scrl_config
-from dense_ssl import methods
+from dense_ssl import method as method_lib
 from dense_ssl import train
 from dense_ssl.losses import scrl as scrl_losses
-from dense_ssl.methods import base
-from dense_ssl.methods import scrl as scrl_method
+from dense_ssl.objectives import scrl as scrl_objective
 from dense_ssl.ops import geometry
 from tests import mask_records
-from tests.test_methods import fake_batch
+from tests.fake_data import fake_batch
+from tests.fake_data import run_loss
 
 
 @pytest.fixture(scope='module')
@@ -88,8 +87,7 @@ def test_same_box_in_a_mirrored_view_pools_the_same_vector(aligned):
       jax.random.key(0), crop, jnp.zeros(bsz, jnp.int32), crop,
       jnp.ones(bsz, jnp.int32), size_a=size, size_b=size, num_boxes=10)
   assert bool(jnp.all(boxes['valid']))
-  pool = lambda b: scrl_method.box_pool(b, sampling_ratio=7, aligned=aligned,
-                                        with_global=False)
+  pool = lambda b: scrl_objective.box_pool(b, sampling_ratio=7, aligned=aligned)
   p1 = pool(boxes['boxes_a'])(dict(c5=c5))
   p2 = pool(boxes['boxes_b'])(dict(c5=c5[:, :, ::-1]))
   assert p1.shape == (bsz, 10, 8)
@@ -116,33 +114,15 @@ def overlapping_batch(n, seed=3):
   return b
 
 
-def run_loss(method, variables, batch, rng, devices):
-  """method.loss inside shard_map as train.py runs it: the same key on every
-  device (per-example keys come from global indices), pmean'ed loss/metrics."""
-  mesh = jax.sharding.Mesh(np.array(jax.devices()[:devices]), (base.AXIS,))
-
-  def per_device(online, target, batch, rng):
-    loss, (_, _, metrics) = method.loss(
-        online['params'], online['batch_stats'], target, batch, rng)
-    return jax.lax.pmean(loss, base.AXIS), jax.lax.pmean(metrics, base.AXIS)
-
-  rep, shard = NamedSharding(mesh, P()), NamedSharding(mesh, P(base.AXIS))
-  f = jax.jit(jax.shard_map(per_device, mesh=mesh,
-                            in_specs=(P(), P(), P(base.AXIS), P()), out_specs=(P(), P())))
-  return f(jax.device_put(variables['online'], rep),
-           jax.device_put(variables['target'], rep),
-           jax.device_put(batch, shard), jax.device_put(rng, rep))
-
-
 def test_scrl_loss_on_four_devices_equals_one_device():
   config = scrl_config.get_config('test')
-  method = methods.get_method(config)
-  assert isinstance(method, scrl_method.SCRL)
+  method = method_lib.Method(config)
+  assert [o.name for o in method.objectives] == ['scrl']
   batch = overlapping_batch(8)
   variables = method.init(jax.random.key(0), {k: v[:2] for k, v in batch.items()})
   assert 'predictor' not in variables['target']['params']
-  loss4, m4 = run_loss(method, variables, batch, jax.random.key(1), 4)
-  loss1, m1 = run_loss(method, variables, batch, jax.random.key(1), 1)
+  loss4, m4, _ = run_loss(method, variables, batch, jax.random.key(1), 4)
+  loss1, m1, _ = run_loss(method, variables, batch, jax.random.key(1), 1)
   assert np.isfinite(float(loss4)) and float(loss4) > 0
   assert float(m4['scrl_valid_boxes_per_image']) > 1
   np.testing.assert_allclose(loss1, loss4, rtol=1e-5)
@@ -150,16 +130,15 @@ def test_scrl_loss_on_four_devices_equals_one_device():
                              m4['scrl_valid_boxes_per_image'])
 
 
-def test_global_weight_adds_the_global_byol_term():
+def test_byol_weight_adds_the_global_byol_term():
   config = scrl_config.get_config('test')
-  config.loss.global_weight = 0.5
-  method = methods.get_method(config)
+  config.objectives.byol.weight = 0.5
+  method = method_lib.Method(config)
   batch = overlapping_batch(8)
   variables = method.init(jax.random.key(0), {k: v[:2] for k, v in batch.items()})
-  loss, m = run_loss(method, variables, batch, jax.random.key(1), 4)
-  assert 0.0 < float(m['byol_global_loss']) <= 8.0
-  np.testing.assert_allclose(loss, m['scrl_loss'] + 0.5 * m['byol_global_loss'],
-                             rtol=1e-5)
+  loss, m, _ = run_loss(method, variables, batch, jax.random.key(1), 4)
+  assert 0.0 < float(m['byol_loss']) <= 8.0
+  np.testing.assert_allclose(loss, m['scrl_loss'] + 0.5 * m['byol_loss'], rtol=1e-5)
 
 
 # -------------------------------------------------------------- configs ---
@@ -167,9 +146,11 @@ def test_global_weight_adds_the_global_byol_term():
 @pytest.mark.parametrize('preset', ['imagenet', 'paper', 'paper200', 'coco', 'demo', 'test'])
 def test_presets(preset):
   c = scrl_config.get_config(preset)
-  assert c.method == 'scrl' and c.loss.num_boxes == 10 and c.data.mask == 'grid'
-  assert c.loss.min_box_size == pytest.approx(32.0 * c.data.image_size / 224)
-  assert c.loss.sampling_ratio == c.data.image_size // 32
+  s = c.objectives.scrl
+  assert c.name == 'scrl' and s.num_boxes == 10 and c.data.mask == 'grid'
+  assert {n for n, sub in c.objectives.items() if sub.weight} == {'scrl'}
+  # 0: follow the view size, 32 px at 224 px views and image_size / 32 samples.
+  assert s.min_box_size == 0 and s.sampling_ratio == 0
   if preset in ('imagenet', 'paper', 'paper200'):
     assert (c.model.depth, c.batch_size, c.data.crop_area) == (50, 8192, (0.2, 1.0))
     assert (c.model.projector_hidden, c.model.projector_dim) == (4096, 256)

@@ -15,12 +15,12 @@ import pytest
 from jax.sharding import Mesh
 
 from configs import byol, detcon_b, detcon_s, simclr
-from dense_ssl import methods
+from dense_ssl import method as method_lib
 from dense_ssl import optim
 from dense_ssl import train
-from dense_ssl.methods.base import AXIS
+from dense_ssl.objectives.base import AXIS
 from tests import mask_records
-from tests.test_methods import fake_batch
+from tests.fake_data import fake_batch
 
 CONFIGS = dict(byol=byol, simclr=simclr, detcon_b=detcon_b, detcon_s=detcon_s)
 
@@ -54,7 +54,7 @@ def data_dir(tmp_path_factory):
 
 def test_decay_mask_excludes_biases_and_batchnorm():
   config = make_config('byol')
-  method = methods.get_method(config)
+  method = method_lib.Method(config)
   params = method.init(jax.random.key(0), fake_batch(2, 0))['online']['params']
   mask = optim.decay_mask(params)
   flat = {'/'.join(str(k.key) for k in path): v
@@ -62,7 +62,7 @@ def test_decay_mask_excludes_biases_and_batchnorm():
   assert flat['encoder/conv1/kernel']
   assert flat['encoder/layer1_0/conv2/kernel']
   assert flat['projector/linear1/kernel']
-  for name in ('encoder/bn1/scale', 'encoder/bn1/bias', 'encoder/layer4_1/bn2/scale',
+  for name in ('encoder/bn1/scale', 'encoder/bn1/bias', 'encoder/layer4_0/bn2/scale',
                'projector/bn1/bias', 'projector/linear1/bias', 'predictor/linear2/bias'):
     assert not flat[name], name
   # With zero gradients LARS only applies weight decay: masked leaves stay put.
@@ -106,7 +106,7 @@ def test_ema_tau_schedule():
 
 def one_step(config, batch, num_devices):
   mesh = Mesh(np.asarray(jax.devices()[:num_devices]), (AXIS,))
-  method = methods.get_method(config)
+  method = method_lib.Method(config)
   schedule = optim.learning_rate_schedule(config, 10, 0)
   tx = optim.make_optimizer(config, schedule)
   local = {k: v.reshape((num_devices, -1) + v.shape[1:]) for k, v in batch.items()}
@@ -166,7 +166,7 @@ def test_one_real_step_of_each_method(name, data_dir, tmp_path):
   assert np.isfinite(out['metrics']['train/loss'])
   assert os.path.isdir(tmp_path / 'checkpoints' / '1')
   with open(tmp_path / 'config.json') as f:
-    assert json.load(f)['method'] == name
+    assert json.load(f)['name'] == name
 
 
 def test_kill_and_resume_is_exact(data_dir, tmp_path, caplog):
@@ -215,7 +215,7 @@ def test_workdir_of_another_run_is_refused(data_dir, tmp_path):
   config = make_config('byol', data_dir, total_steps=1)
   train.train_and_evaluate(config, str(tmp_path))
   other = make_config('simclr', data_dir, total_steps=1)
-  with pytest.raises(ValueError, match='config.method'):
+  with pytest.raises(ValueError, match=r'config.objectives.byol.weight=1.0 but this run has 0.0'):
     train.train_and_evaluate(other, str(tmp_path))
 
 
@@ -225,7 +225,7 @@ def test_main_rejects_a_config_typo_naming_the_key(tmp_path):
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   run = subprocess.run(
       [sys.executable, '-m', 'dense_ssl.main', '--config=configs/detcon_b.py:test',
-       f'--workdir={tmp_path}', '--config.loss.temprature=0.2'],
+       f'--workdir={tmp_path}', '--config.objectives.detcon.temprature=0.2'],
       cwd=repo, capture_output=True, text=True, timeout=300,
       env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert run.returncode != 0

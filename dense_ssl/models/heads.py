@@ -1,14 +1,15 @@
-"""Heads on top of the encoder: MLPs, an FPN, ReSim's region head, CLoVE's NMHSA.
+"""Heads shared by several objectives: the MLP head and an FPN.
 
 DetCon-B and BYOL: projector 2048 -> 4096 -> 256 and predictor 256 -> 4096 ->
 256, each Linear -> BN -> ReLU -> Linear (MLPHead; MoCo-v2's head has no BN,
 CLoVE's projector ends in a BN without affine). The caller picks the sizes.
+Heads that belong to one objective live in its file (dense_ssl/objectives/:
+ReSim's RegionHead, CLoVE's NormalizedMultiHeadAttention).
 """
 
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 
@@ -58,7 +59,7 @@ class FPN(nn.Module):
   P5 = lateral_5(C5); P_k = lateral_k(C_k) + nearest_upsample_2x(P_{k+1});
   outputs output_k(P_k), 3x3. Laterals run over `levels` (the lowest of them
   up to 5), outputs only at `out_levels`. Param names are Detectron2's FPN
-  (dense_ssl/export/detectron2_names.py: lateral_{k}, output_{k}, conv with
+  (dense_ssl/export/detectron2_format.py: lateral_{k}, output_{k}, conv with
   bias, no norm), so a trained FPN transfers (`MODEL.FPN.NORM ""`).
   """
   dim: int = 256
@@ -82,56 +83,3 @@ class FPN(nn.Module):
       if k in self.out_levels:
         out[f'p{k}'] = conv(3, f'output_{k}')(top).astype(jnp.float32)
     return out
-
-
-class RegionHead(nn.Module):
-  """ReSim Sec. 3.4: two 3x3 convs (BN + ReLU after the first) to `dim` channels."""
-  dim: int = 128
-  dtype: Any = jnp.float32
-  bn_axis_name: Optional[str] = None
-
-  @nn.compact
-  def __call__(self, x, train: bool):
-    """x: [B, h, w, C] -> [B, h, w, dim] float32."""
-    conv = lambda d, name, bias: nn.Conv(d, (3, 3), padding=((1, 1), (1, 1)),
-                                         use_bias=bias, dtype=self.dtype,
-                                         param_dtype=jnp.float32, name=name)
-    x = conv(x.shape[-1], 'conv1', False)(jnp.asarray(x, self.dtype))
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                     axis_name=self.bn_axis_name, dtype=self.dtype,
-                     param_dtype=jnp.float32, name='bn1')(x)
-    return conv(self.dim, 'conv2', True)(nn.relu(x)).astype(jnp.float32)
-
-
-class NormalizedMultiHeadAttention(nn.Module):
-  """CLoVE's predictor (Sec. 3.4, 6): normalised multi-head self-attention.
-
-  Over the L = h * w cells of a projected map F [B, L, D], per head
-  Attention(Q, K, V) = softmax(cos(Q, K^T) / tau) V with Q = F W^q, K = F W^k,
-  V = F W^v (D -> D / heads each), queries and keys L2-normalised before the
-  dot product; heads concatenated and mapped back to D by a linear layer.
-  """
-  num_heads: int = 8
-  temperature: float = 0.1
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    """x: [B, h, w, D] -> [B, h, w, D] float32 (not normalised)."""
-    b, h, w, d = x.shape
-    if d % self.num_heads:
-      raise ValueError(f'NMHSA: {d} channels do not split into {self.num_heads} heads')
-    dh = d // self.num_heads
-    x = jnp.asarray(x, self.dtype).reshape(b, h * w, d)
-    proj = lambda name: nn.DenseGeneral((self.num_heads, dh), dtype=self.dtype,
-                                        param_dtype=jnp.float32, name=name)(x)
-    q, k, v = proj('query'), proj('key'), proj('value')       # [B, L, H, dh]
-    normalize = lambda t: t * jax.lax.rsqrt(
-        jnp.maximum(jnp.sum(jnp.square(t.astype(jnp.float32)), -1, keepdims=True),
-                    1e-12)).astype(t.dtype)
-    logits = jnp.einsum('blhd,bmhd->bhlm', normalize(q), normalize(k)) / self.temperature
-    attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-    y = jnp.einsum('bhlm,bmhd->blhd', attn, v)
-    y = nn.DenseGeneral(d, axis=(-2, -1), dtype=self.dtype, param_dtype=jnp.float32,
-                        name='out')(y)
-    return y.astype(jnp.float32).reshape(b, h, w, d)

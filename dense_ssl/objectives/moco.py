@@ -1,7 +1,8 @@
 """MoCo-v2 (He et al. 2020; Chen et al. 2020): InfoNCE against a queue of keys.
 
-The online network (encoder + MLP head 2048 -> 2048 -> 128 without BN) gives
-the query q of view 1; the momentum encoder (the EMA target, constant tau =
+The online network (encoder + the shared projector, configured as MoCo-v2's
+2048 -> 2048 -> 128 head without BN: model.projector_bn = False) gives the
+query q of view 1; the momentum encoder (the EMA target, constant tau =
 0.999: config.ema.schedule = 'constant') gives the key k+ of view 2; the
 negatives are the keys of earlier batches in a FIFO queue of K = 65,536.
 The queue is part of the train state (TrainState.method_state['moco'],
@@ -10,7 +11,9 @@ batch (gathered from every device of every host) are enqueued, so K must
 be a multiple of config.batch_size. MoCo's shuffled BN is not needed: BN
 statistics here are cross-replica over the global batch, which removes the
 intra-batch leak shuffling guards against.
-The global objective of ReSim (Eq. 4); alone it is configs/moco.py.
+ReSim's global objective (Eq. 4); alone it is configs/moco.py.
+
+Config (config.objectives.moco): weight, queue_size (65,536), temperature (0.2).
 """
 
 import jax
@@ -18,35 +21,40 @@ import jax.numpy as jnp
 
 from dense_ssl.losses import moco as moco_losses
 from dense_ssl.losses.detcon import l2_normalize
-from dense_ssl.methods import base
-from dense_ssl.methods import compose
+from dense_ssl.objectives import base
 
 
-class MoCoObjective(compose.Objective):
+def default_config(preset):
+  # The queue holds whole global batches: 1,024 / 64 keys for the demo / test batches.
+  queue = {'demo': 1024, 'test': 64}.get(preset, 65536)
+  return base.objective_config(queue_size=queue, temperature=0.2)
+
+
+class MoCo(base.Objective):
   name = 'moco'
+  is_global = True
   has_state = True
-  passes = frozenset({(compose.ONLINE, 0), (compose.TARGET, 1)})
+  passes = frozenset({(base.ONLINE, 0), (base.TARGET, 1)})
 
   def __init__(self, config):
     super().__init__(config)
-    size, batch = int(config.loss.moco_queue_size), int(config.batch_size)
+    size, batch = int(self.c.queue_size), int(config.batch_size)
     if size % batch:
-      raise ValueError(f'config.loss.moco_queue_size={size} must be a multiple of '
+      raise ValueError(f'config.objectives.moco.queue_size={size} must be a multiple of '
                        f'config.batch_size={batch} (the queue takes whole global batches)')
 
   def pools(self, plan, view):
-    return {'global': compose.global_vectors}
+    return {'global': base.global_pool}
 
   def init_state(self, rng):
-    queue = jax.random.normal(rng, (int(self.config.loss.moco_queue_size),
+    queue = jax.random.normal(rng, (int(self.c.queue_size),
                                     int(self.config.model.projector_dim)), jnp.float32)
     return dict(queue=l2_normalize(queue), pointer=jnp.zeros((), jnp.int32))
 
   def loss(self, ctx, plan, state):
     q = ctx.online[0]['projection']['global'][:, 0]
     k = ctx.target[1]['projection']['global'][:, 0]
-    loss, acc = moco_losses.moco_loss(q, k, state['queue'],
-                                      temperature=self.config.loss.moco_temperature)
+    loss, acc = moco_losses.moco_loss(q, k, state['queue'], temperature=self.c.temperature)
     keys = base.gather_replicated(jax.lax.stop_gradient(l2_normalize(k)))
     queue, pointer = moco_losses.enqueue(state['queue'], state['pointer'], keys)
     return loss, dict(accuracy=acc), dict(queue=queue, pointer=pointer)

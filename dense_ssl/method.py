@@ -1,0 +1,143 @@
+"""The one method: a weighted set of objectives over one network.
+
+  loss = sum over config.objectives of  weight_name x L_name
+
+Every config in configs/ is a set of objective weights plus overrides:
+DetCon-B = detcon, BYOL = byol, DetCon-S = detcon with a shared network,
+LC-loss = 0.9 byol + 0.1 lc, ReSim = moco + resim, ... (objectives/). One
+network serves them all (models/network.py): the encoder runs once per
+view and branch (online, and the EMA target when any objective reads it),
+the pooled vectors of every objective share one projector / predictor pass,
+and each objective adds its heads. The trainer (train.py) owns the rest:
+optimiser, EMA, devices, checkpoints.
+
+  method.init(rng, batch) -> dict(online=variables, target=variables | None, state=dict)
+  method.loss(online_params, online_batch_stats, target_variables, method_state, batch, rng)
+      -> (loss, (new_online_batch_stats, new_target_batch_stats | None, metrics, method_state))
+
+`batch` is one device's batch (input_pipeline's dict without the device
+dim); `loss` runs inside the per-device step with the mapped axis AXIS
+bound (cross-replica BN, gathered negatives). Target parameters are never
+differentiated (stop_gradient here).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from dense_ssl import objectives as objectives_lib
+from dense_ssl.models import network
+from dense_ssl.objectives import base
+from dense_ssl.objectives.base import ONLINE, TARGET
+
+
+def network_from_config(config, objectives, *, online):
+  """SSLNetwork with config.model's sizes and the objectives' heads."""
+  m = config.model
+  return network.SSLNetwork(
+      depth=m.depth, width_multiplier=m.width_multiplier,
+      projector_hidden=m.projector_hidden, projector_dim=m.projector_dim,
+      projector_bn=m.projector_bn, predictor_hidden=m.predictor_hidden,
+      use_predictor=online and any(o.uses_predictor for o in objectives),
+      dtype=jnp.dtype(m.dtype),
+      objective_heads=tuple(functools.partial(o.heads, online=online) for o in objectives))
+
+
+def _pool_of(pools):
+  return lambda feats: {slot: fn(feats) for slot, fn in pools.items()}
+
+
+class Method:
+  """The method of config.objectives (see the module docstring)."""
+
+  def __init__(self, config):
+    self.config = config
+    active = objectives_lib.active(config)
+    self.objectives = [o for o, _ in active]
+    self.weights = {o.name: w for o, w in active}
+    self.uses_target = any(o.uses_target for o in self.objectives)
+    self.has_state = any(o.has_state for o in self.objectives)
+    self.online = network_from_config(config, self.objectives, online=True)
+    self.target = (network_from_config(config, self.objectives, online=False)
+                   if self.uses_target else None)
+    passes = frozenset().union(*(o.passes for o in self.objectives))
+    self.passes = passes if self.uses_target else frozenset(
+        p for p in passes if p[0] == ONLINE)
+
+  # ------------------------------------------------------------------ init --
+
+  def init(self, rng, batch):
+    """Variables of both networks and the objectives' state, from one device batch.
+
+    The target starts as a copy of the online network's modules that it has
+    (all but the predictors). The state (MoCo's queue) draws from
+    fold_in(rng, 1) and then each objective's own stream.
+    """
+    images = jnp.asarray(batch['view1/image'])
+    pools = {}
+    for o in self.objectives:
+      pools.update(o.init_pools(batch))
+    online = self.online.init(rng, images, pool=_pool_of(pools), train=True)
+    online = dict(params=online['params'], batch_stats=online['batch_stats'])
+    target = None
+    if self.uses_target:
+      shapes = jax.eval_shape(lambda: self.target.init(rng, images, pool=_pool_of(pools),
+                                                       train=True))
+      target = {k: jax.tree.map(jnp.array, {n: online[k][n] for n in shapes[k]})
+                for k in ('params', 'batch_stats')}
+    state_rng = jax.random.fold_in(rng, 1)
+    state = {o.name: o.init_state(base.stream(state_rng, o.name))
+             for o in self.objectives if o.has_state}
+    return dict(online=online, target=target, state=state)
+
+  # ------------------------------------------------------------------ loss --
+
+  @staticmethod
+  def apply(net, params, batch_stats, images, pool):
+    """One train-mode pass; returns (outputs, updated batch_stats)."""
+    out, updates = net.apply({'params': params, 'batch_stats': batch_stats},
+                             images, pool=pool, train=True, mutable=['batch_stats'])
+    return out, updates['batch_stats']
+
+  def forward(self, online_params, online_batch_stats, target_variables, batch, rng):
+    """The passes the objectives read -> (Context, plans, online stats, target stats)."""
+    plans = {o.name: o.plan(batch, base.stream(rng, o.name)) for o in self.objectives}
+
+    def view_pool(view):
+      pools = {}
+      for o in self.objectives:
+        pools.update(o.pools(plans[o.name], view))
+      return _pool_of(pools)
+
+    images = (batch['view1/image'], batch['view2/image'])
+    online, target = [None, None], [None, None]
+    stats, tstats = online_batch_stats, None
+    for v in (0, 1):
+      if (ONLINE, v) in self.passes:
+        online[v], stats = self.apply(self.online, online_params, stats, images[v],
+                                      view_pool(v))
+    if self.uses_target:
+      tparams = jax.tree.map(jax.lax.stop_gradient, target_variables['params'])
+      tstats = target_variables['batch_stats']
+      for v in (0, 1):
+        if (TARGET, v) in self.passes:
+          target[v], tstats = self.apply(self.target, tparams, tstats, images[v],
+                                         view_pool(v))
+    ctx = base.Context(online=tuple(online), target=tuple(target), batch=batch)
+    return ctx, plans, stats, tstats
+
+  def loss(self, online_params, online_batch_stats, target_variables, method_state, batch,
+           rng):
+    ctx, plans, stats, tstats = self.forward(online_params, online_batch_stats,
+                                             target_variables, batch, rng)
+    total, metrics, new_state = 0.0, {}, {}
+    for o in self.objectives:
+      value, m, state = o.loss(ctx, plans[o.name], method_state.get(o.name, {}))
+      total = total + self.weights[o.name] * value
+      metrics[f'{o.name}_loss'] = value
+      metrics.update({f'{o.name}_{k}': v for k, v in m.items()})
+      if o.has_state:
+        new_state[o.name] = state
+    metrics = {k: jnp.asarray(v, jnp.float32) for k, v in dict(metrics, loss=total).items()}
+    return total, (stats, tstats, metrics, new_state)

@@ -1,0 +1,140 @@
+"""The layout stays as simple as the math: one method, no import cycles, and
+documentation that names only files that exist."""
+
+import ast
+import os
+import re
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGES = ('dense_ssl', 'data_pipeline', 'configs', 'benchmarks')
+
+
+def _modules():
+  mods = {}
+  for pkg in PACKAGES:
+    for root, _, files in os.walk(os.path.join(REPO, pkg)):
+      for f in files:
+        if f.endswith('.py'):
+          path = os.path.join(root, f)
+          name = os.path.relpath(path, REPO)[:-3].replace(os.sep, '.')
+          mods[name.removesuffix('.__init__')] = path
+  return mods
+
+
+def _import_graph(mods):
+  graph = {}
+  for name, path in mods.items():
+    deps = set()
+    with open(path) as f:
+      tree = ast.parse(f.read())
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Import):
+        deps.update(a.name for a in node.names)
+      elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        for a in node.names:
+          sub = f'{node.module}.{a.name}'
+          deps.add(sub if sub in mods else node.module)
+    # A module runs its parent packages' __init__ first: not a design edge.
+    graph[name] = {d for d in deps if d in mods and d != name
+                   and not name.startswith(d + '.')}
+  return graph
+
+
+def _cycles(graph):
+  """Strongly connected components with more than one module (Tarjan)."""
+  index, low, stack, on, out = {}, {}, [], set(), []
+
+  def visit(v):
+    index[v] = low[v] = len(index)
+    stack.append(v)
+    on.add(v)
+    for w in graph[v]:
+      if w not in index:
+        visit(w)
+        low[v] = min(low[v], low[w])
+      elif w in on:
+        low[v] = min(low[v], index[w])
+    if low[v] == index[v]:
+      comp = []
+      while True:
+        w = stack.pop()
+        on.discard(w)
+        comp.append(w)
+        if w == v:
+          break
+      if len(comp) > 1:
+        out.append(sorted(comp))
+
+  for v in sorted(graph):
+    if v not in index:
+      visit(v)
+  return out
+
+
+def test_no_import_cycles():
+  assert _cycles(_import_graph(_modules())) == []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+  assert _cycles({'a': {'b'}, 'b': {'c'}, 'c': {'a'}, 'd': {'a'}}) == [['a', 'b', 'c']]
+
+
+def test_one_method_class():
+  found = []
+  for path in _modules().values():
+    with open(path) as f:
+      for node in ast.walk(ast.parse(f.read())):
+        if isinstance(node, ast.ClassDef) and node.name.endswith('Method'):
+          found.append((os.path.relpath(path, REPO), node.name))
+  assert found == [('dense_ssl/method.py', 'Method')]
+
+
+def test_every_objective_is_one_file_registered_once():
+  from dense_ssl import objectives  # pylint: disable=g-import-not-at-top
+  folder = os.path.join(REPO, 'dense_ssl', 'objectives')
+  files = {f[:-3] for f in os.listdir(folder) if f.endswith('.py')} - {'__init__', 'base'}
+  assert files == set(objectives.REGISTRY)
+  for name, (cls, _) in objectives.REGISTRY.items():
+    assert cls.__module__ == f'dense_ssl.objectives.{name}' and cls.name == name
+
+
+# Paths like dense_ssl/method.py, configs/detcon_b.py, tests/test_x.py,
+# benchmarks/results/x.md, launch/demo.sh named in code and docs.
+_PATH = re.compile(r'(?<![\w/.-])((?:dense_ssl|data_pipeline|configs|tests|benchmarks|launch|'
+                   r'detectron2_configs)/[\w/.-]*\w)')
+# Written by the tools (results), placeholders, and Detectron2's own tree.
+_SKIP = ('benchmarks/results/', 'tests/test_x.py', 'configs/Base-RCNN-FPN.yaml')
+
+
+def _documents():
+  for top in ('README.md', 'WORKSPACE.md'):
+    yield os.path.join(REPO, top)
+  for pkg in PACKAGES + ('tests', 'launch'):
+    for root, _, files in os.walk(os.path.join(REPO, pkg)):
+      for f in files:
+        if f.endswith(('.py', '.sh', '.md')):
+          yield os.path.join(root, f)
+
+
+def test_docs_and_docstrings_name_files_that_exist():
+  missing = []
+  for doc in _documents():
+    with open(doc, encoding='utf-8') as f:
+      text = f.read()
+    for m in _PATH.finditer(text):
+      ref = m.group(1).rstrip('.')
+      if ref.startswith(_SKIP) or '*' in ref or '<' in ref:
+        continue
+      if not os.path.exists(os.path.join(REPO, ref)):
+        missing.append(f'{os.path.relpath(doc, REPO)}: {ref}')
+  assert not missing, '\n'.join(sorted(set(missing)))
+
+
+@pytest.mark.parametrize('name', ['CONTRACT.md'])
+def test_no_reference_to_a_missing_top_level_file(name):
+  assert not os.path.exists(os.path.join(REPO, name))
+  hits = [os.path.relpath(d, REPO) for d in _documents()
+          if name in open(d).read() and not d.endswith('test_layout.py')]
+  assert hits == []
