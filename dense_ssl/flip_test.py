@@ -13,7 +13,8 @@ equivariant features and scores low; a local loss scores high.
       --data_dir=out/demo/masks --num_images=256 --image_size=224 --feature=c4
 
 The encoder runs in eval mode (BN running statistics) on the restored
-checkpoint (--network=online|target, --step=N, default the latest), images
+checkpoint (dense_ssl.checkpoint.restore_encoder: --network=online|target,
+--step=N, default the latest), built at config.json's model.depth; images
 are read from a mask dataset (precompute_masks' shards; masks unused),
 resized to --image_size without crop. Prints accuracy and the mean cell
 distance of the matches; --out writes them as JSON.
@@ -26,7 +27,8 @@ from absl import flags
 
 from data_pipeline import tf_setup
 
-# A private flag set: dense_ssl.convert (imported below) defines --workdir etc.
+# A private flag set: its --workdir etc. cannot clash with absl flags that
+# other modules define in the same process.
 FLAGS = flags.FlagValues()
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (checkpoints).',
@@ -94,17 +96,16 @@ def run(workdir, data_dir, *, step=None, network='online', feature='c5',
   """Returns dict(accuracy, mean_cell_error, chance, grid, step, num_images)."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from dense_ssl import convert  # pylint: disable=g-import-not-at-top
+  from dense_ssl import checkpoint  # pylint: disable=g-import-not-at-top
   from dense_ssl.models import resnet  # pylint: disable=g-import-not-at-top
-  step, tree = convert.restore_checkpoint(workdir, step)
-  config = convert.read_workdir_config(workdir) or {}
-  net = convert.locate_network(tree, network, method=config.get('method'))
-  arch = convert.read_workdir_architecture(workdir)
-  if arch is None:
+  encoder = checkpoint.restore_encoder(workdir, step, network)
+  model_config = (checkpoint.read_config(workdir) or {}).get('model') or {}
+  if model_config.get('depth') is None:
     raise ValueError(f'{workdir}/config.json has no model.depth: cannot build the encoder')
-  model = resnet.ResNet(depth=arch.depth, width_multiplier=arch.width_multiplier,
+  model = resnet.ResNet(depth=model_config['depth'],
+                        width_multiplier=model_config.get('width_multiplier', 1),
                         bn_axis_name=None)
-  variables = {'params': net.params, 'batch_stats': net.batch_stats}
+  variables = {'params': encoder.params, 'batch_stats': encoder.batch_stats}
   forward = jax.jit(lambda x: model.apply(variables, x, train=False)[feature])
   feats_a, feats_b, batch = [], [], []
 
@@ -127,7 +128,7 @@ def run(workdir, data_dir, *, step=None, network='online', feature='c5',
   acc, err = correspondence_accuracy(a, b)
   h, w = a.shape[1:3]
   return dict(accuracy=acc, mean_cell_error=err, chance=1.0 / (h * w), grid=[h, w],
-              step=step, num_images=int(a.shape[0]), feature=feature, network=network)
+              step=encoder.step, num_images=int(a.shape[0]), feature=feature, network=network)
 
 
 def main(argv=None):
@@ -146,7 +147,7 @@ def main(argv=None):
                  network=_NETWORK.value, feature=_FEATURE.value,
                  num_images=_NUM_IMAGES.value, image_size=_IMAGE_SIZE.value,
                  batch_size=_BATCH.value, seed=_SEED.value)
-  except (RuntimeError, ValueError, OSError) as e:  # ConversionError is a RuntimeError.
+  except (RuntimeError, ValueError, OSError) as e:  # CheckpointError is a RuntimeError.
     sys.exit(f'flip_test: error: {e}')
   print(f'flip test, {result["network"]} encoder of step {result["step"]}, '
         f'{result["feature"]} grid {result["grid"][0]}x{result["grid"][1]}, '

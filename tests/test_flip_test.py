@@ -40,6 +40,11 @@ def test_flip_test_on_a_trained_checkpoint(tmp_path):
                          batch_size=4)
   assert result['grid'] == [4, 4] and result['num_images'] == 6
   assert 0.0 <= result['accuracy'] <= 1.0 and result['chance'] == 1 / 16
+  assert result['step'] == 1 and result['network'] == 'online'
+  # The EMA target, read from its fixed place in the TrainState too.
+  target = flip_test.run(workdir, data, network='target', feature='c4',
+                         num_images=2, image_size=64, batch_size=2)
+  assert target['network'] == 'target' and target['num_images'] == 2
   out = tmp_path / 'flip.json'
   # The CLI with paths relative to the working directory (as in README).
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -60,6 +60,14 @@ def _torch_to_flax(state_dict):
   return params, stats
 
 
+def _torchvision_resnet(depth):
+  """torchvision's builder; ResNet-10 (no builder) from its ResNet class."""
+  if depth == 10:
+    from torchvision.models import resnet as tv  # pylint: disable=g-import-not-at-top
+    return tv.ResNet(tv.BasicBlock, [1, 1, 1, 1])
+  return getattr(torchvision.models, f'resnet{depth}')()
+
+
 def _randomize_bn(model, gen):
   for m in model.modules():
     if isinstance(m, torch.nn.BatchNorm2d):
@@ -91,11 +99,11 @@ def _assert_close(got, want, rtol=1e-4):
   np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale)
 
 
-@pytest.mark.parametrize('depth', [18, 50])
+@pytest.mark.parametrize('depth', [10, 18, 50])
 def test_matches_torchvision(depth):
   gen = torch.Generator().manual_seed(depth)
   torch.manual_seed(depth)
-  tv = getattr(torchvision.models, f'resnet{depth}')()
+  tv = _torchvision_resnet(depth)
   _randomize_bn(tv, gen)
   x = torch.randn(2, 3, 64, 64, generator=gen)
 
@@ -230,8 +238,34 @@ def test_resnet200_width2_shapes():
   assert count / 1e6 == pytest.approx(250, rel=0.05)  # BYOL: R200x2 ~250M
   out = jax.eval_shape(functools.partial(model.apply, train=False), shapes, x)
   assert out['c5'].shape == (2, 7, 7, 4096) and out['c5'].dtype == jnp.float32
-  assert resnet.c5_channels(200, 2) == 4096 == resnet.RESNET_C5_CHANNELS(200, 2)
+  assert resnet.c5_channels(200, 2) == 4096
   assert resnet.c5_channels(18) == 512 and resnet.c5_channels(50) == 2048
+  assert resnet.c5_channels(10) == 512
+  assert resnet.stage_channels(10) == (64, 128, 256, 512)
+  assert resnet.stage_channels(50, 2) == (512, 1024, 2048, 4096)
+
+
+@pytest.mark.parametrize('depth', sorted(resnet.RESNET_SPECS))
+def test_layout_describes_the_parameter_tree(depth):
+  """stem/blocks/block_convs (what the export derives names from) are the
+  modules, channels and kernels of the Flax tree, for every depth."""
+  shapes = jax.eval_shape(
+      functools.partial(resnet.ResNet(depth=depth).init, train=False),
+      jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))['params']
+  described = {}
+  for scope, specs in [((), [resnet.stem()])] + [
+      ((b.name,), [s for s in b.convs[0] + (b.convs[1],) if s])
+      for b in resnet.blocks(depth)]:
+    for s in specs:
+      described[scope + (s.conv, 'kernel')] = (s.kernel, s.kernel,
+                                               s.in_channels, s.out_channels)
+      described[scope + (s.bn, 'scale')] = (s.out_channels,)
+      described[scope + (s.bn, 'bias')] = (s.out_channels,)
+  flat = {k: v.shape for k, v in traverse_util.flatten_dict(shapes).items()}
+  assert flat == described
+  _, stages = resnet.RESNET_SPECS[depth]
+  assert [b.stage for b in resnet.blocks(depth)] == [
+      s + 1 for s, n in enumerate(stages) for _ in range(n)]
 
 
 def test_init_zero_last_bn_kaiming_and_bfloat16():

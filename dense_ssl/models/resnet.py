@@ -11,7 +11,11 @@ padding trap"). Every convolution here pads explicitly like torchvision
 stride of a bottleneck sits on its 3x3 conv (torchvision v1.5, Detectron2
 `STRIDE_IN_1X1: False`), so a converted network is exactly torchvision's.
 
-Parameter tree (mirrors torchvision names 1:1; conv kernels HWIO):
+The layout is written once, as data: `stem()`, `blocks()` and `block_convs()`
+describe every convolution + BatchNorm pair (module names, channels, kernel,
+stride). The Flax modules below are built from them, and the torchvision
+export (dense_ssl/export/torchvision_format.py) derives its names and shapes
+from them. Parameter tree (mirrors torchvision names 1:1; conv kernels HWIO):
   conv1, bn1,
   layer{1..4}_{i}: conv1, bn1, conv2, bn2[, conv3, bn3][, downsample_conv,
                    downsample_bn]
@@ -19,13 +23,17 @@ BN `scale`/`bias` are torchvision's `weight`/`bias`; `batch_stats` `mean`/`var`
 are `running_mean`/`running_var`.
 """
 
+import dataclasses
 from typing import Any, Optional, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-# depth -> (block kind, blocks per stage).
+# depth -> (block kind, blocks per stage). Depth 10 (one basic block per
+# stage) is the tiny network of the trainer's tests; torchvision builds it as
+# torchvision.models.resnet.ResNet(BasicBlock, [1, 1, 1, 1]).
 RESNET_SPECS = {
+    10: ('basic', (1, 1, 1, 1)),
     18: ('basic', (2, 2, 2, 2)),
     34: ('basic', (3, 4, 6, 3)),
     50: ('bottleneck', (3, 4, 6, 3)),
@@ -34,6 +42,7 @@ RESNET_SPECS = {
     200: ('bottleneck', (3, 24, 36, 3)),
 }
 _EXPANSION = {'basic': 1, 'bottleneck': 4}
+_BASE_WIDTH = 64  # stem width and stage-1 block width at width multiplier 1
 
 # torchvision's conv init: kaiming_normal_(mode='fan_out', nonlinearity='relu'),
 # an untruncated normal with variance 2 / (out_channels * kh * kw).
@@ -49,33 +58,110 @@ def _check_depth(depth: int):
 
 def c5_channels(depth: int, width_multiplier: int = 1) -> int:
   """Channels of the C5 map: 512*w (basic blocks) or 2048*w (bottleneck)."""
-  _check_depth(depth)
-  kind, _ = RESNET_SPECS[depth]
-  return 512 * _EXPANSION[kind] * width_multiplier
-
-
-# The name used in CONTRACT.md.
-RESNET_C5_CHANNELS = c5_channels
+  return stage_channels(depth, width_multiplier)[-1]
 
 
 def stage_channels(depth: int, width_multiplier: int = 1) -> Tuple[int, ...]:
   """Output channels of C2..C5."""
   _check_depth(depth)
   kind, _ = RESNET_SPECS[depth]
-  return tuple(64 * width_multiplier * 2**i * _EXPANSION[kind]
+  return tuple(_BASE_WIDTH * width_multiplier * 2**i * _EXPANSION[kind]
                for i in range(4))
 
 
-def _conv(features, kernel, stride, dtype, name):
-  pad = (kernel - 1) // 2  # torchvision: 7x7 -> 3, 3x3 -> 1, 1x1 -> 0.
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+# ----------------------------------------------------------------------------
+# The layout, as data.
+# ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvBN:
+  """A bias-free convolution and the BatchNorm after it."""
+  conv: str          # Flax module name of the conv, e.g. 'conv2'
+  bn: str            # Flax module name of its BatchNorm, e.g. 'bn2'
+  in_channels: int
+  out_channels: int
+  kernel: int        # square; padded (kernel - 1) // 2 on every side
+  stride: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+  """One residual block of a ResNet: where it sits and what it computes."""
+  name: str          # Flax module name: f'layer{stage}_{index}'
+  stage: int         # 1..4 (its output is C{stage + 1})
+  index: int         # 0-based position within the stage
+  kind: str          # 'basic' | 'bottleneck'
+  in_channels: int
+  width: int         # inner width (bottleneck) or width (basic)
+  stride: int
+
+  @property
+  def convs(self) -> Tuple[Tuple[ConvBN, ...], Optional[ConvBN]]:
+    return block_convs(self.kind, self.in_channels, self.width, self.stride)
+
+
+def block_convs(kind: str, in_channels: int, width: int, stride: int
+                ) -> Tuple[Tuple[ConvBN, ...], Optional[ConvBN]]:
+  """(main path, shortcut) of one residual block.
+
+  The main path runs its ConvBNs in order with a ReLU after every BN but the
+  last; the shortcut is a strided 1x1 projection, or None (identity) when the
+  block keeps resolution and channels. The stride sits on the 3x3 conv.
+  """
+  out_ch = width * _EXPANSION[kind]
+  if kind == 'basic':
+    main = (ConvBN('conv1', 'bn1', in_channels, width, 3, stride),
+            ConvBN('conv2', 'bn2', width, width, 3, 1))
+  elif kind == 'bottleneck':
+    main = (ConvBN('conv1', 'bn1', in_channels, width, 1, 1),
+            ConvBN('conv2', 'bn2', width, width, 3, stride),
+            ConvBN('conv3', 'bn3', width, out_ch, 1, 1))
+  else:
+    raise ValueError(f'unknown ResNet block kind {kind!r}.')
+  shortcut = None
+  if stride != 1 or in_channels != out_ch:
+    shortcut = ConvBN('downsample_conv', 'downsample_bn', in_channels, out_ch,
+                      1, stride)
+  return main, shortcut
+
+
+def stem(width_multiplier: int = 1) -> ConvBN:
+  """The 7x7/2 stem conv (followed by ReLU and the 3x3/2 max-pool)."""
+  return ConvBN('conv1', 'bn1', 3, _BASE_WIDTH * width_multiplier, 7, 2)
+
+
+def blocks(depth: int, width_multiplier: int = 1) -> Tuple[Block, ...]:
+  """Every residual block of a ResNet, in order."""
+  _check_depth(depth)
+  kind, stages = RESNET_SPECS[depth]
+  out = []
+  in_ch = stem(width_multiplier).out_channels
+  for s, num_blocks in enumerate(stages):
+    width = _BASE_WIDTH * width_multiplier * 2**s
+    for i in range(num_blocks):
+      out.append(Block(f'layer{s + 1}_{i}', s + 1, i, kind, in_ch, width,
+                       2 if (s > 0 and i == 0) else 1))
+      in_ch = width * _EXPANSION[kind]
+  return tuple(out)
+
+
+# ----------------------------------------------------------------------------
+# The Flax modules.
+# ----------------------------------------------------------------------------
+
+
+def _conv(spec: ConvBN, dtype):
+  pad = (spec.kernel - 1) // 2  # torchvision: 7x7 -> 3, 3x3 -> 1, 1x1 -> 0.
+  return nn.Conv(spec.out_channels, (spec.kernel, spec.kernel),
+                 strides=(spec.stride, spec.stride),
                  padding=((pad, pad), (pad, pad)), use_bias=False,
                  kernel_init=conv_kernel_init, dtype=dtype,
-                 param_dtype=jnp.float32, name=name)
+                 param_dtype=jnp.float32, name=spec.conv)
 
 
 class _Block(nn.Module):
-  """One residual block (basic or bottleneck); stride on the 3x3 conv."""
+  """One residual block (basic or bottleneck), laid out by block_convs."""
   kind: str
   width: int            # inner width (bottleneck) or width (basic)
   stride: int
@@ -96,31 +182,26 @@ class _Block(nn.Module):
           scale_init=nn.initializers.zeros if zero else nn.initializers.ones,
           name=name)
 
-    out_ch = self.width * _EXPANSION[self.kind]
-    if self.kind == 'basic':
-      y = _conv(self.width, 3, self.stride, self.dtype, 'conv1')(x)
-      y = nn.relu(bn('bn1')(y))
-      y = _conv(self.width, 3, 1, self.dtype, 'conv2')(y)
-      y = bn('bn2', last=True)(y)
-    else:
-      y = _conv(self.width, 1, 1, self.dtype, 'conv1')(x)
-      y = nn.relu(bn('bn1')(y))
-      y = _conv(self.width, 3, self.stride, self.dtype, 'conv2')(y)
-      y = nn.relu(bn('bn2')(y))
-      y = _conv(out_ch, 1, 1, self.dtype, 'conv3')(y)
-      y = bn('bn3', last=True)(y)
-    shortcut = x
-    if self.stride != 1 or x.shape[-1] != out_ch:
-      shortcut = _conv(out_ch, 1, self.stride, self.dtype, 'downsample_conv')(x)
-      shortcut = bn('downsample_bn')(shortcut)
-    return nn.relu(y + shortcut)
+    main, shortcut = block_convs(self.kind, x.shape[-1], self.width,
+                                 self.stride)
+    y = x
+    for k, spec in enumerate(main):
+      last = k == len(main) - 1
+      y = bn(spec.bn, last=last)(_conv(spec, self.dtype)(y))
+      if not last:
+        y = nn.relu(y)
+    if shortcut is not None:
+      x = bn(shortcut.bn)(_conv(shortcut, self.dtype)(x))
+    return nn.relu(y + x)
 
 
 class ResNet(nn.Module):
   """ResNet v1.5 backbone returning the C2..C5 feature maps.
 
   Attributes:
-    depth: 18, 34, 50, 101, 152 or 200 (200 = bottleneck [3, 24, 36, 3]).
+    depth: a key of RESNET_SPECS: 10, 18, 34, 50, 101, 152 or 200 (10 = basic
+      [1, 1, 1, 1], the trainer tests' network; 200 = bottleneck
+      [3, 24, 36, 3]).
     width_multiplier: scales the stem and every block (BYOL's ResNet-200 x2):
       bottleneck inner width 64*w*2^i, output 4x that.
     dtype: compute dtype (e.g. jnp.bfloat16); params are always float32.
@@ -145,24 +226,24 @@ class ResNet(nn.Module):
     Strides of C2..C5 are 4, 8, 16, 32 (for H divisible by 32).
     """
     _check_depth(self.depth)
-    kind, stages = RESNET_SPECS[self.depth]
-    w = self.width_multiplier
+    first = stem(self.width_multiplier)
     x = jnp.asarray(x, self.dtype)
-    x = _conv(64 * w, 7, 2, self.dtype, 'conv1')(x)
+    x = _conv(first, self.dtype)(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                      epsilon=self.bn_epsilon, axis_name=self.bn_axis_name,
-                     dtype=self.dtype, param_dtype=jnp.float32, name='bn1')(x)
+                     dtype=self.dtype, param_dtype=jnp.float32,
+                     name=first.bn)(x)
     x = nn.relu(x)
     # Explicit padding in max_pool pads with -inf (the reduction's identity).
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     feats = {}
-    for i, num_blocks in enumerate(stages):
-      for j in range(num_blocks):
-        x = _Block(kind=kind, width=64 * w * 2**i,
-                   stride=2 if (i > 0 and j == 0) else 1, dtype=self.dtype,
-                   bn_axis_name=self.bn_axis_name,
-                   bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-                   zero_init_last_bn=self.zero_init_last_bn,
-                   name=f'layer{i + 1}_{j}')(x, train)
-      feats[f'c{i + 2}'] = x.astype(jnp.float32)
+    all_blocks = blocks(self.depth, self.width_multiplier)
+    for k, b in enumerate(all_blocks):
+      x = _Block(kind=b.kind, width=b.width, stride=b.stride, dtype=self.dtype,
+                 bn_axis_name=self.bn_axis_name,
+                 bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+                 zero_init_last_bn=self.zero_init_last_bn, name=b.name)(
+                     x, train)
+      if k == len(all_blocks) - 1 or all_blocks[k + 1].stage != b.stage:
+        feats[f'c{b.stage + 1}'] = x.astype(jnp.float32)
     return feats

@@ -1,4 +1,4 @@
-"""torchvision ResNet names <-> Detectron2 names; FPN names; config keys.
+"""Detectron2 backbone files: names, the FPN, config keys, the .pkl pickle.
 
 Detectron2 loads a pickle `{"model": {name: ndarray}, "__author__": ...,
 "matching_heuristics": True}`; with matching heuristics a checkpoint name
@@ -30,12 +30,13 @@ from typing import Dict, List, Mapping, Tuple
 
 import numpy as np
 
-from dense_ssl.export.torchvision_names import (
-    ArchitectureError, ResNetArchitecture, flatten)
+from dense_ssl.export.torchvision_format import ArchitectureError
+from dense_ssl.export.torchvision_format import flatten
+from dense_ssl.export.torchvision_format import ResNetArchitecture
 
 AUTHOR = 'dense_ssl'
 # Detectron2's build_resnet_backbone: num_blocks_per_stage table
-# (detectron2/modeling/backbone/resnet.py). Depth 200 is not in it.
+# (detectron2/modeling/backbone/resnet.py). Depths 10 and 200 are not in it.
 DETECTRON2_DEPTHS = (18, 34, 50, 101, 152)
 FPN_LEVELS = (2, 3, 4, 5)
 
@@ -71,7 +72,7 @@ def torchvision_to_detectron2_name(name: str) -> str:
 
 
 def detectron2_to_torchvision_name(name: str) -> str:
-  """Inverse of torchvision_to_detectron2_name (used by --verify)."""
+  """Inverse of torchvision_to_detectron2_name (used by verify.py)."""
   if name == 'stem.conv1.weight':
     return 'conv1.weight'
   if name.startswith('stem.conv1.norm.'):

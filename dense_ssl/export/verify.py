@@ -1,20 +1,22 @@
-"""torch-side checks of a conversion: strict load and equal C2..C5 outputs.
+"""Numerical check of a conversion: Flax encoder vs the converted torch network.
 
-torch is imported lazily: it lives in requirements-torch.txt, not in the core
-requirements.
+Both run in eval mode (BN running statistics) on the same random batch; the
+file written is read back (a Detectron2 pickle renamed back to torchvision
+names), loaded into torchvision's ResNet with strict=True, and C2..C5
+(torchvision layer1..layer4) must agree within float32 tolerance.
 """
 
 import dataclasses
-import sys
+import os
 from typing import Dict, Mapping, Optional
 
 import numpy as np
 
-from dense_ssl.export.torchvision_names import ResNetArchitecture
-
-TORCH_MISSING = ('dense_ssl.convert needs torch and torchvision for this; '
-                 'install them with `pip install -r requirements-torch.txt` '
-                 '(or pass --noverify to skip the numerical check).')
+from dense_ssl.export import detectron2_format
+from dense_ssl.export import torchvision_format
+from dense_ssl.export.conversion import ConversionError
+from dense_ssl.export.conversion import Export
+from dense_ssl.export.torchvision_format import ResNetArchitecture
 
 # Default of --verify_rtol (max|diff| / max|ref| per stage): float32 through
 # ~50 layers with different convolution algorithms differs by ~1e-6 relative;
@@ -22,63 +24,9 @@ TORCH_MISSING = ('dense_ssl.convert needs torch and torchvision for this; '
 DEFAULT_RTOL = 1e-4
 
 
-def import_torch():
-  """Returns (torch, torchvision) or raises ImportError with the fix."""
-  # The PyPI torch wheel's triton segfaults when loaded after TensorFlow
-  # (TF may be imported later, too); the CPU checks here need no triton, so
-  # torch must treat it as absent.
-  sys.modules.setdefault('triton', None)
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-    import torchvision  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError(f'{TORCH_MISSING} ({e})') from e
-  return torch, torchvision
-
-
-def torch_available() -> bool:
-  try:
-    import_torch()
-    return True
-  except ImportError:
-    return False
-
-
-def build_torch_resnet(arch: ResNetArchitecture):
-  """torchvision's ResNet for `arch`, built from torchvision's own classes.
-
-  Depths 18..152 at width 1 are exactly `torchvision.models.resnet{depth}()`.
-  For depth 200 (blocks [3, 24, 36, 3]) and width multipliers, which
-  torchvision ships no builder for, the same ResNet/BasicBlock/Bottleneck
-  classes are assembled with the wider stem and stages (used only by
-  --verify of Detectron2 exports).
-  """
-  torch, torchvision = import_torch()
-  from torchvision.models import resnet as tv  # pylint: disable=g-import-not-at-top
-  block = tv.BasicBlock if arch.block == 'basic' else tv.Bottleneck
-  layers = list(arch.stages)
-  if arch.width_multiplier == 1 and arch.depth in (18, 34, 50, 101, 152):
-    model = getattr(torchvision.models, f'resnet{arch.depth}')(weights=None)
-  else:
-    model = tv.ResNet(block, layers)
-  w = arch.width_multiplier
-  if w != 1:
-    nn = torch.nn
-    model.inplanes = 64 * w
-    model.conv1 = nn.Conv2d(3, 64 * w, kernel_size=7, stride=2, padding=3,
-                            bias=False)
-    model.bn1 = nn.BatchNorm2d(64 * w)
-    for s, n in enumerate(layers):
-      setattr(model, f'layer{s + 1}',
-              model._make_layer(block, 64 * w * 2**s, n,  # pylint: disable=protected-access
-                                stride=1 if s == 0 else 2))
-    model.fc = nn.Linear(arch.c5_channels, 1000)
-  return model
-
-
 def load_strict(model, state: Mapping[str, np.ndarray]):
   """load_state_dict(strict=True) from numpy arrays."""
-  torch, _ = import_torch()
+  torch, _ = torchvision_format.import_torch()
   model.load_state_dict(
       {k: torch.from_numpy(np.array(v)) for k, v in state.items()},
       strict=True)
@@ -87,7 +35,7 @@ def load_strict(model, state: Mapping[str, np.ndarray]):
 
 def torch_features(model, images_nhwc: np.ndarray) -> Dict[str, np.ndarray]:
   """torchvision eval-mode layer1..layer4 outputs as NHWC {'c2'..'c5'}."""
-  torch, _ = import_torch()
+  torch, _ = torchvision_format.import_torch()
   model.eval()
   with torch.no_grad():
     x = torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2)))
@@ -137,7 +85,7 @@ def compare_outputs(arch: ResNetArchitecture, params, batch_stats,
   """
   images = np.random.default_rng(seed).standard_normal(
       (batch_size, image_size, image_size, 3)).astype(np.float32)
-  model = load_strict(build_torch_resnet(arch), torch_state)
+  model = load_strict(torchvision_format.build_torch_resnet(arch), torch_state)
   ref = torch_features(model, images)
   ours = flax_features(arch, params, batch_stats, images)
   diffs = {}
@@ -161,3 +109,45 @@ def check_diffs(diffs: Mapping[str, StageDiff],
           f'(relative {rtol:g}): ' + ', '.join(
               f'{d.name} max|diff| {d.max_abs_diff:.3g} '
               f'(relative {d.rel_diff:.3g})' for d in bad))
+
+
+def read_back_as_torchvision(export: Export, out: str) -> Dict[str, np.ndarray]:
+  """Reads the written file and returns torchvision-named arrays (with fc)."""
+  if export.to == 'torchvision':
+    state = torchvision_format.read_state_dict(out)
+  else:
+    state = dict(detectron2_format.detectron2_to_torchvision(
+        detectron2_format.read_detectron2_pickle(out)['model']))
+  if 'fc.weight' not in state:
+    state.update(torchvision_format.zero_fc(export.arch.c5_channels))
+  return state
+
+
+def verify_export(export: Export, encoder, out: str, *, rtol: float,
+                  image_size: int, batch_size: int) -> str:
+  """Compares `encoder` (params, batch_stats) with the file `out`.
+
+  Returns the report text; raises ConversionError (after moving the file to
+  OUT.unverified) when a stage differs beyond rtol.
+  """
+  state = read_back_as_torchvision(export, out)
+  diffs = compare_outputs(
+      export.arch, encoder.params, encoder.batch_stats, state,
+      image_size=image_size, batch_size=batch_size)
+  lines = [f'verify: Flax ResNet vs torchvision ({export.arch}, eval mode, '
+           f'random batch {batch_size}x{image_size}x{image_size}x3)']
+  for d in diffs.values():
+    lines.append(f'  {d.name} {str(d.shape):<20} max|diff| {d.max_abs_diff:.3e}'
+                 f'  max|ref| {d.max_abs_ref:.3e}  relative {d.rel_diff:.3e}')
+  problem = check_diffs(diffs, rtol)
+  if problem:
+    # Keep the file for inspection, under a name nobody loads by accident.
+    os.replace(out, out + '.unverified')
+    raise ConversionError('\n'.join(lines) + '\nverify FAILED: ' + problem +
+                          f'\nthe converted file was moved to {out}.unverified;'
+                          ' do not use it. Please report this with the listing.')
+  lines.append(f'verify OK (relative tolerance {rtol:g})')
+  if any(k.startswith('fpn_') for k in export.tensors):
+    lines.append('(the FPN tensors are renamed and transposed only; the '
+                 'check covers the ResNet)')
+  return '\n'.join(lines)
