@@ -8,7 +8,7 @@ the underlying RGB image"): per view an Inception crop window applied to the
 image and its label map, a flip shared by both, bicubic (image) / nearest
 (labels) resize, and BYOL's colour recipe (augment.py).
 
-Batches (CONTRACT.md), leading dims [num_local_devices, per_device_batch]:
+Batches (WORKSPACE.md, section 4), leading dims [num_local_devices, per_device_batch]:
   view{k}/image float32 [D, B, S, S, 3] (ImageNet-normalised), view{k}/mask
   int32 [D, B, S, S], view{k}/box float32 [D, B, 4] (y0, x0, y1, x1),
   view{k}/flip int32 [D, B].
@@ -65,12 +65,20 @@ contrast [0.4], saturation [0.2], hue [0.1], grayscale_prob [0.2], blur_prob
 shuffle_buffer [10000], num_parallel [AUTOTUNE], file_parallel_reads [8].
 A third or later view (multi-crop, CLoVE) is a config change: extend
 view_modes, view_sizes, view_crop_areas, blur_prob and solarize_prob.
+
+Damaged datasets: a manifest marked "partial" (an interrupted precompute) is
+refused; a shard whose size differs from the manifest's is refused when the
+dataset is built; a record that cannot be read while iterating
+(make_pretrain_iterator: TF's DataLossError, "truncated record" / "corrupted
+record") becomes a DataLossError that names the damaged shard file and the
+command that repairs it (the precompute re-run on that folder, with --verify).
 """
 
 import dataclasses
 import json
 import os
 import re
+import shlex
 
 from data_pipeline import augment
 from data_pipeline import records
@@ -164,7 +172,80 @@ def read_manifest(data_dir):
                             ' is not a complete mask dataset; (re)run'
                             ' data_pipeline.precompute_masks')
   with tf.io.gfile.GFile(path) as f:
-    return json.load(f)
+    manifest = json.load(f)
+  if manifest.get('partial'):
+    missing = manifest.get('missing_shards') or []
+    raise ValueError(
+        f'{path} is partial: the precompute that writes {data_dir!r} (config key'
+        f' data.dir) was interrupted ({len(missing)} shards missing, e.g.'
+        f' {missing[:1]}); finish it by running the same command again:'
+        f' {repair_command(manifest, data_dir, verify=False)}')
+  return manifest
+
+
+def repair_command(manifest, data_dir, verify=True):
+  """The precompute command that (re)completes the dataset in `data_dir`."""
+  command = manifest.get('command')
+  if not command:
+    return (f'the data_pipeline.precompute_masks command that wrote it (its flags are'
+            f' in {data_dir}/manifest.json "parameters") with --out_dir={data_dir}'
+            + (' --verify' if verify else ''))
+  parts = [f'--out_dir={data_dir}' if a.startswith('--out_dir=') else a
+           for a in shlex.split(command)]
+  return shlex.join(parts + ['--verify'] * verify)
+
+
+def _shard_size(path):
+  try:
+    return tf.io.gfile.stat(path).length
+  except tf.errors.OpError:
+    return None
+
+
+def _damage(path, expected_bytes, expected_records):
+  """A short description of what is wrong with the shard at `path`, or None."""
+  size = _shard_size(path)
+  if expected_bytes is not None and size != expected_bytes:
+    return f'{size} bytes, manifest.json says {expected_bytes}: truncated or changed'
+  n = 0
+  try:
+    for _ in tf.data.TFRecordDataset(path):
+      n += 1
+  except tf.errors.OpError as e:
+    what = re.search(r'(truncated|corrupted) record at \d+', e.message or '')
+    return what[0] if what else (e.message or type(e).__name__).strip().splitlines()[0]
+  if expected_records is not None and n != expected_records:
+    return f'{n} records, manifest.json says {expected_records}'
+  return None
+
+
+def damaged_shard_error(data_dir, process_index=0, process_count=1, error=None):
+  """A DataLossError naming the damaged shard(s) of this process and the repair.
+
+  Checks the shards' sizes against the manifest, then reads them (only on this
+  error path). `error`: the original read error, quoted when no shard is found.
+  """
+  manifest = read_manifest(data_dir)
+  mine = (manifest.get('shards') or [])[process_index::process_count]
+  damaged = []
+  for s in mine:
+    path = os.path.join(data_dir, s['file'])
+    what = _damage(path, s.get('num_bytes'), s.get('num_examples'))
+    if what:
+      damaged.append(f'{path} ({what})')
+  fix = repair_command(manifest, data_dir)
+  original = ('' if error is None
+              else (getattr(error, 'message', None) or str(error)).strip().splitlines()[0])
+  if damaged:
+    text = (f'mask dataset {data_dir!r} (config key data.dir): damaged shard'
+            f'{"s" if len(damaged) > 1 else ""} {", ".join(damaged)}. Repair it by'
+            ' re-running the precompute on that folder (it recomputes only damaged'
+            f' shards): {fix}')
+  else:
+    text = (f'mask dataset {data_dir!r} (config key data.dir): a record cannot be read'
+            f' ({original}), but every shard of this process reads back whole now;'
+            f' check the storage, then re-run the precompute with --verify: {fix}')
+  return tf.errors.DataLossError(None, None, text)
 
 
 def stored_fh_maps(manifest):
@@ -239,9 +320,17 @@ def process_shards(manifest, data_dir, process_index, process_count):
   out = []
   for s in mine:
     path = os.path.join(data_dir, s['file'])
-    if not tf.io.gfile.exists(path):
+    size = _shard_size(path)
+    if size is None:
       raise FileNotFoundError(f'shard {path} listed in {data_dir}/manifest.json is'
                               ' missing; rerun precompute_masks')
+    if s.get('num_bytes') is not None and size != s['num_bytes']:
+      raise tf.errors.DataLossError(
+          None, None,
+          f'mask dataset {data_dir!r} (config key data.dir): damaged shard {path}'
+          f' ({size} bytes, manifest.json says {s["num_bytes"]}: truncated or'
+          ' changed). Repair it by re-running the precompute on that folder (it'
+          f' recomputes only damaged shards): {repair_command(manifest, data_dir)}')
     n = s.get('num_examples')
     if n is None:  # Older manifests: count the records (bytes only).
       n = int(tf.data.TFRecordDataset(path).reduce(0, lambda c, _: c + 1))
@@ -445,10 +534,22 @@ def make_pretrain_dataset(data_config, *, global_batch_size, seed, start_step=0,
 
 def make_pretrain_iterator(data_config, *, global_batch_size, seed, start_step,
                            process_index, process_count, num_local_devices):
-  """Python iterator of numpy batch dicts (CONTRACT.md), starting at `start_step`."""
+  """Python iterator of numpy batch dicts (WORKSPACE.md, section 4), starting at `start_step`.
+
+  A shard that cannot be read while iterating raises a DataLossError naming the
+  shard file and the command that repairs it (damaged_shard_error).
+  """
   ds = make_pretrain_dataset(data_config, global_batch_size=global_batch_size,
                              seed=seed, start_step=start_step,
                              process_index=process_index,
                              process_count=process_count,
                              num_local_devices=num_local_devices)
-  return ds.as_numpy_iterator()
+  return _naming_damaged_shards(ds.as_numpy_iterator(), _get(data_config, 'dir', ''),
+                                process_index, process_count)
+
+
+def _naming_damaged_shards(iterator, data_dir, process_index, process_count):
+  try:
+    yield from iterator
+  except tf.errors.DataLossError as e:
+    raise damaged_shard_error(data_dir, process_index, process_count, e) from e

@@ -19,8 +19,11 @@ format: records.py.
 
 Sources (--source)
 ------------------
-folder:DIR  every *.jpg/.jpeg/.png/.bmp/.webp under DIR (recursive, any case),
-  sorted by path; the id is the path relative to DIR. Item j of n goes to
+folder:DIR  every *.jpg/.jpeg/.png/.bmp/.webp under DIR (recursive, any case,
+  following symlinked folders; a folder reached twice, e.g. by a symlink loop,
+  is listed once), sorted by path; the id is the path relative to DIR. Other
+  files are skipped and counted by extension in manifest.json "skipped"; a
+  file name that is not valid UTF-8 is a failure (rename it). Item j of n goes to
   shard j mod k, so every shard mixes all subfolders (e.g. ImageNet classes)
   and a re-run assigns the same items to the same shards.
 tfds:NAME:SPLIT  a TFDS dataset already prepared under --data_dir; this tool
@@ -47,7 +50,9 @@ so that small instances stay visible, ids 1..N in dataset order. TFDS's
 coco/2017 holds boxes only (no masks): use coco/2017_panoptic for COCO GT.
 imagenet2012 has none. 'user' (--user_masks=DIR): DIR/<id without
 extension>.png, greyscale/palette/16-bit ids, or RGB read as R*65536 + G*256
-+ B (records' png_rgb24 convention); it must match the image's size.
++ B (records' png_rgb24 convention); it must match the image's size. Two
+images whose paths differ only by extension (a.jpg, a.png) would share one
+map: both are failures, each naming both files.
 
 Decoding (PIL), and when the original bytes are kept
 ----------------------------------------------------
@@ -82,10 +87,22 @@ One task per shard on a pool of --num_workers 'spawn' processes (TensorFlow
 and fork do not mix); each imports TensorFlow once. --num_workers=1 runs in
 this process. A worker writes `<shard>.tmp-<pid>`, renames it to the shard's
 name, then writes the sidecar (also tmp + rename): a shard is complete iff
-its sidecar exists. Re-running the same command skips complete shards,
-deletes stale temporary files and redoes the rest; re-running with different
-parameters (or a changed source folder) into the same --out_dir is refused.
-Two runs must not write into one --out_dir at the same time.
+its sidecar exists and the shard file still has the size (and, with
+--verify, the checksum: zlib CRC-32) the sidecar records. Re-running the same
+command checks the complete shards (one line for each that fails: it is
+recomputed), skips them, deletes stale temporary files and redoes the rest;
+re-running with different parameters (or a changed source folder) into the
+same --out_dir is refused. A job holds OUT/precompute.lock (host, pid, start
+time): a second job on the same --out_dir is refused; a lock left by a dead job
+on this host is taken over, one from another host is never (delete it if that
+job is known dead).
+
+SIGINT / SIGTERM (local mode): the first stops handing out shards and lets the
+running ones finish, the second stops at once; either way manifest.json is
+written for the complete shards with "partial": true (the training pipeline
+refuses it), the command says how to resume (the same command) and exits with
+128 + the signal (130 for SIGINT). Worker processes die with the main process,
+even when it is killed.
 
 Apache Beam (--runner)
 ----------------------
@@ -101,12 +118,14 @@ are the local mode's); any other flag is a Beam pipeline option, e.g.
 import collections
 import dataclasses
 import os
+import signal
 import sys
 
 from absl import flags
 
 from data_pipeline.masks import local_runner
 from data_pipeline.masks import plan
+from data_pipeline.masks.errors import Interrupted
 from data_pipeline.masks.errors import PrecomputeError
 
 # A private flag set: the module can be imported next to other tools' flags
@@ -145,6 +164,9 @@ flags.DEFINE_integer('limit', None, 'Use only the first N inputs (smoke runs).',
                      flag_values=FLAGS)
 flags.DEFINE_float('progress_every_s', 5.0, 'Seconds between progress lines.',
                    flag_values=FLAGS)
+flags.DEFINE_bool('verify', False, 'On a re-run, also check the checksum of every'
+                  ' complete shard (reads them all; the size is always checked).',
+                  flag_values=FLAGS)
 flags.DEFINE_string('runner', None, 'Run as an Apache Beam pipeline on this runner'
                     ' (DirectRunner, DataflowRunner, FlinkRunner, SparkRunner,'
                     ' PortableRunner); the flags this tool does not know are passed'
@@ -157,8 +179,46 @@ def params_from_flags():
   return plan.Params(**{f.name: FLAGS[f.name].value for f in dataclasses.fields(plan.Params)})
 
 
+class _Signals:
+  """SIGINT / SIGTERM while main() runs: KeyboardInterrupt(signal name).
+
+  The local mode installs its own handlers while it computes (local_runner.Stop).
+  After a run stopped by a signal they stay installed and end the process at
+  once (status 128 + signum) if another signal comes while it exits.
+  """
+
+  def __init__(self):
+    self.status = None
+    self.old = {}
+
+  def __enter__(self):
+    try:
+      for sig in (signal.SIGINT, signal.SIGTERM):
+        self.old[sig] = signal.signal(sig, self._handle)
+    except ValueError:  # Not the main thread: leave the signals alone.
+      pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.status is not None:
+      os._exit(self.status)  # pylint: disable=protected-access
+    self.status = 128 + signum
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+  def __exit__(self, *exc):
+    if self.status is None:
+      for sig, old in self.old.items():
+        signal.signal(sig, old)
+    return False
+
+
 def main(argv=None):
-  """The command line; returns the exit status (0 ok, 1 all inputs failed, 2 usage)."""
+  """The command line; returns the exit status.
+
+  0 ok, 1 all inputs failed, 2 usage errors and refusals, 128 + signum when
+  stopped by a signal (130: SIGINT, 143: SIGTERM).
+  """
   argv = list(sys.argv if argv is None else argv)
   if any(a in ('-h', '--help', '-help', '--helpfull') for a in argv[1:]):
     print(__doc__)
@@ -179,15 +239,26 @@ def main(argv=None):
     return 2
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # Inherited by the workers.
   log = lambda s: print(s, flush=True)
-  try:
-    if FLAGS.runner:
-      from data_pipeline.masks import beam_runner  # Lazy: apache_beam is optional.
-      manifest = beam_runner.run(params_from_flags(), FLAGS.runner, rest[1:], log=log)
-    else:
-      manifest = local_runner.precompute(params_from_flags(), log=log)
-  except PrecomputeError as e:
-    print(f'precompute_masks: error: {e}', file=sys.stderr)
-    return 2
+  with _Signals() as signals:
+    try:
+      if FLAGS.runner:
+        from data_pipeline.masks import beam_runner  # Lazy: apache_beam is optional.
+        manifest = beam_runner.run(params_from_flags(), FLAGS.runner, rest[1:], log=log)
+      else:
+        manifest = local_runner.precompute(params_from_flags(), log=log)
+    except PrecomputeError as e:
+      print(f'precompute_masks: error: {e}', file=sys.stderr)
+      return 2
+    except Interrupted as e:
+      signals.status = 128 + int(e.signum)
+      print(f'precompute_masks: {e}', file=sys.stderr)
+      return signals.status
+    except KeyboardInterrupt as e:  # Beam mode, or the local mode before it starts.
+      sig = signal.SIGTERM if str(e) == 'SIGTERM' else signal.SIGINT
+      signals.status = 128 + int(sig)
+      print(f'precompute_masks: interrupted by {sig.name}; complete shards are kept:'
+            ' run the same command again to resume', file=sys.stderr)
+      return signals.status
   if manifest['num_examples'] == 0:
     reasons = collections.Counter(f['reason'].split(':')[0] for f in manifest['failures'])
     out_dir = FLAGS.out_dir if '://' in FLAGS.out_dir else os.path.abspath(FLAGS.out_dir)

@@ -9,9 +9,11 @@ the multi_processing DirectRunner starts 2 SDK worker processes of its own.
 import json
 import os
 import shutil
+import socket
 
 from data_pipeline import precompute_masks as pm
 from data_pipeline.masks import beam_runner
+from data_pipeline.masks import lock as lock_lib
 from tests import test_precompute_masks as tpm
 
 MULTI = ('--runner=DirectRunner', '--direct_num_workers=2',
@@ -154,3 +156,27 @@ def test_exit_status_and_usage_errors(tmp_path, capsys, monkeypatch):
   assert beam_run(tmp_path / 'o2', *demo, mode=IN_PROCESS) == 2
   assert 'pip install -r requirements-beam.txt' in capsys.readouterr().err
   assert not (tmp_path / 'o2').exists()
+
+
+def test_launching_process_holds_the_out_dir_lock(tmp_path, capsys, monkeypatch):
+  out = tmp_path / 'out'
+  out.mkdir()
+  lock = out / lock_lib.LOCK_NAME
+  lock.write_text(json.dumps({'host': socket.gethostname(), 'pid': os.getpid(),
+                              'started': '2026-01-01T00:00:00+00:00'}))
+  assert beam_run(out, *DEMO, mode=IN_PROCESS) == 2  # A live job holds it.
+  assert f'is in use by another precompute (pid {os.getpid()}' in capsys.readouterr().err
+  lock.unlink()
+  held = []
+  build = beam_runner.build_pipeline
+
+  def spy(p, plan, *args):
+    held.append(json.loads(lock.read_text()))
+    return build(p, plan, *args)
+
+  monkeypatch.setattr(beam_runner, 'build_pipeline', spy)
+  assert beam_run(out, *DEMO, mode=IN_PROCESS) == 0
+  assert [h['pid'] for h in held] == [os.getpid()]
+  assert '--runner=DirectRunner' in held[0]['command']
+  assert not lock.exists()
+  assert '--runner=DirectRunner' in manifest(out)['command']

@@ -143,7 +143,7 @@ def test_bad_inputs_are_converted_or_listed(tmp_path):
     f.write(jpeg[:len(jpeg) // 2])
   with open(f'{src}/text.jpg', 'w') as f:
     f.write('not a picture\n')
-  open(f'{src}/notes.txt', 'w').close()  # Not an image extension: not listed.
+  open(f'{src}/notes.txt', 'w').close()  # Not an image extension: counted as skipped.
 
   assert run(tmp_path / 'out', f'--source=folder:{src}', *FAST,
              '--max_pixels=20000') == 0
@@ -157,6 +157,7 @@ def test_bad_inputs_are_converted_or_listed(tmp_path):
   assert 'too large' in reasons['big.png'] and '--max_pixels' in reasons['big.png']
   assert all(f['path'] == os.path.join(src, f['id']) for f in manifest['failures'])
   assert manifest['num_failures'] == 5 and manifest['num_examples'] == 9
+  assert manifest['skipped'] == {'count': 1, 'by_extension': {'.txt': 1}, 'folders': []}
 
   def pil_rgb(name):
     return np.asarray(Image.open(f'{src}/{name}').convert('RGB'))

@@ -3,14 +3,16 @@
 What is stored and why is in that module's docstring (also its --help). One
 job per module, imported in this order (no module imports a later one):
 
-  errors.py        PrecomputeError (usage) and ImageFailure (one bad input)
+  errors.py        PrecomputeError (usage), ImageFailure (one bad input),
+                   Interrupted (a signal stopped the run)
   decode.py        image decoding and validation; when the original bytes are kept
   label_maps.py    FH, GT (panoptic / painted instances) and user label maps
   sources.py       folder / tfds / demo sources: items, shard positions, iteration
   shards.py        the output folder (etils.epath), ShardTask, one record, one
                    shard and its completion sidecar, atomic writes
-  plan.py          Params, their checks, the job plan (params.json, resume) and
-                   the manifest
-  local_runner.py  the local mode: a 'spawn' process pool and progress lines
+  lock.py          --out_dir's lock file (one job per folder; stale locks)
+  plan.py          Params, their checks, the job plan (params.json, lock,
+                   verification of complete shards, resume) and the manifest
+  local_runner.py  the local mode: a 'spawn' process pool, progress lines, signals
   beam_runner.py   the Apache Beam mode (--runner; apache_beam is optional)
 """

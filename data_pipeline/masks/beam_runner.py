@@ -12,8 +12,10 @@
 
 The job is the local mode's (data_pipeline/precompute_masks.py's docstring
 says what is stored): `plan.plan_job` checks the flags and --out_dir
-(params.json: a re-run with other parameters is refused) and lists the shard
-tasks of the shards not complete yet (no sidecar); the pipeline is
+(params.json: a re-run with other parameters is refused), takes --out_dir's
+lock (lock.py; held by this launching process until the pipeline ends, so a
+second job on the same --out_dir is refused), verifies the complete shards
+and lists the shard tasks of the shards not complete yet; the pipeline is
 
   Create(shard tasks) -> Reshuffle -> ParDo(ProcessShardFn) -> ToList -> WriteManifest
 
@@ -150,7 +152,7 @@ def write_manifest(new_sidecars, plan, parameters, runner, start_time):
 
 def build_pipeline(p, plan, parameters, runner, start_time):
   """Adds the job's transforms to the Pipeline `p`."""
-  summary = dataclasses.replace(plan, tasks=[])  # What the last step needs.
+  summary = dataclasses.replace(plan, tasks=[], lock=None)  # What the last step needs.
   return (p
           | 'ShardTasks' >> beam.Create(plan.tasks)
           | 'Reshuffle' >> beam.Reshuffle()
@@ -183,7 +185,15 @@ def run(params, runner, beam_args, log=print):
     raise PrecomputeError(f'--runner={runner}: {e}') from None
   if not params.out_dir:
     raise PrecomputeError('--out_dir is required')
-  plan = plan_lib.plan_job(params, log)
+  plan = plan_lib.plan_job(params, log,
+                           command_extra=(f'--runner={runner}', *beam_args))
+  try:
+    return _run(p, plan, params, runner, options, start, t0, log)
+  finally:
+    plan.lock.release()
+
+
+def _run(p, plan, params, runner, options, start, t0, log):
   if params.num_workers:
     log(f'note: --num_workers={params.num_workers} is for the local mode; with'
         f' --runner the runner decides (e.g. --direct_num_workers)')

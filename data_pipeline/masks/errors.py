@@ -1,4 +1,4 @@
-"""The two errors of the mask precompute."""
+"""The errors of the mask precompute."""
 
 
 class PrecomputeError(Exception):
@@ -7,3 +7,14 @@ class PrecomputeError(Exception):
 
 class ImageFailure(Exception):
   """One input cannot be stored; the message is its reason in the manifest."""
+
+
+class Interrupted(Exception):
+  """The run was stopped by a signal; complete shards are kept (exit 128 + signum).
+
+  The message says what is complete and how to resume (the same command).
+  """
+
+  def __init__(self, message, signum):
+    super().__init__(message)
+    self.signum = signum

@@ -3,10 +3,13 @@
 `plan_job` runs in the main process of both modes (local_runner.py,
 beam_runner.py) before any shard is computed: it checks the parameters and
 --out_dir (params.json holds what determines the output; a re-run must match
-it to resume), removes stale temporary files and lists the tasks of the shards
-that have no sidecar yet. `build_manifest` makes manifest.json from all the
-shards' sidecars. All I/O of the output folder goes through shards.out_path
-(etils.epath).
+it to resume), takes the folder's lock (lock.py; the runner releases it),
+removes stale temporary files, verifies the shards that have a sidecar
+(`verify_shard`: size always, checksum with --verify; a shard that fails is
+recomputed, one log line each) and lists the tasks of the shards still to
+compute. `build_manifest` makes manifest.json from the shards' sidecars (all
+of them, or for an interrupted run the complete ones, marked "partial"). All
+I/O of the output folder goes through shards.out_path (etils.epath).
 """
 
 import collections
@@ -16,8 +19,10 @@ import json
 import math
 import os
 import re
+import shlex
 
 from data_pipeline import records
+from data_pipeline.masks import lock as lock_lib
 from data_pipeline.masks import shards
 from data_pipeline.masks import sources
 from data_pipeline.masks.errors import PrecomputeError
@@ -45,6 +50,7 @@ class Params:
   image_size: int = 128
   limit: int = None
   progress_every_s: float = 5.0
+  verify: bool = False
 
 
 def _number(text, flag, cast):
@@ -81,30 +87,145 @@ def parse_fh(params):
   return tuple(out)
 
 
-def check_out_dir(out_dir, run_params):
+def check_out_dir(out_dir, run_params, lock=None):
   """Creates out_dir with params.json, or checks that a re-run matches it.
 
+  Takes `lock` (a lock.OutDirLock; released again if the folder is refused).
   Returns True when out_dir holds a run with these parameters (a resume).
   """
   out = shards.out_path(out_dir)
   path = out / 'params.json'
-  if path.is_file():
-    stored = shards.read_json(path)
-    if stored != run_params:
-      diff = [f'{k}: {stored.get(k)!r} there, {run_params.get(k)!r} now'
-              for k in sorted(set(stored) | set(run_params))
-              if stored.get(k) != run_params.get(k)]
-      raise PrecomputeError(
-          f'--out_dir={out_dir} holds a run with different parameters ('
-          + '; '.join(diff) + '). Re-run with the same parameters to resume it, or'
-          ' use a new --out_dir (or delete this one) to start over.')
-    return True
-  if out.is_dir() and any(True for _ in out.iterdir()):
-    raise PrecomputeError(f'--out_dir={out_dir} is not empty and has no params.json'
-                          ' from precompute_masks; use an empty or new folder')
-  out.mkdir(parents=True, exist_ok=True)
-  shards.write_json_atomic(path, run_params)
-  return False
+
+  def foreign():
+    return out.is_dir() and any(not lock_lib.is_own_file(p.name) for p in out.iterdir())
+
+  if not path.is_file():
+    if foreign():
+      raise PrecomputeError(f'--out_dir={out_dir} is not empty and has no params.json'
+                            ' from precompute_masks; use an empty or new folder')
+    out.mkdir(parents=True, exist_ok=True)
+  if lock is not None:
+    lock.acquire()
+  try:
+    if path.is_file():
+      stored = shards.read_json(path)
+      if stored != run_params:
+        diff = [f'{k}: {stored.get(k)!r} there, {run_params.get(k)!r} now'
+                for k in sorted(set(stored) | set(run_params))
+                if stored.get(k) != run_params.get(k)]
+        raise PrecomputeError(
+            f'--out_dir={out_dir} holds a run with different parameters ('
+            + '; '.join(diff) + '). Re-run with the same parameters to resume it, or'
+            ' use a new --out_dir (or delete this one) to start over.')
+      return True
+    if foreign():
+      raise PrecomputeError(f'--out_dir={out_dir} is not empty and has no params.json'
+                            ' from precompute_masks; use an empty or new folder')
+    shards.write_json_atomic(path, run_params)
+    return False
+  except BaseException:
+    if lock is not None:
+      lock.release()
+    raise
+
+
+def command_line(params, extra=()):
+  """The command that runs `params` (absolute paths: it works from any folder)."""
+  default = Params(source='', out_dir='')
+  source = params.source or ''
+  if source.startswith('folder:'):
+    source = 'folder:' + os.path.abspath(source[len('folder:'):])
+  parts = ['python', '-m', 'data_pipeline.precompute_masks', f'--source={source}',
+           f'--out_dir={shards.normalize_out_dir(params.out_dir)}']
+  for f in dataclasses.fields(Params):
+    value, was = getattr(params, f.name), getattr(default, f.name)
+    if f.name in ('source', 'out_dir', 'verify') or value is None:
+      continue
+    if isinstance(value, (list, tuple)):
+      if tuple(map(str, value)) == tuple(map(str, was)):
+        continue
+      parts.append(f'--{f.name}={",".join(map(str, value))}')
+    elif value == was:
+      continue
+    elif isinstance(value, bool):
+      parts.append(f'--{f.name}' if value else f'--no{f.name}')
+    elif f.name in ('data_dir', 'user_masks') and not shards.is_url(value):
+      parts.append(f'--{f.name}={os.path.abspath(value)}')
+    else:
+      parts.append(f'--{f.name}={value}')
+  return shlex.join(parts + list(extra))
+
+
+def _first_line(e):
+  text = getattr(e, 'message', None) or str(e) or type(e).__name__
+  return text.strip().splitlines()[0][:200]
+
+
+def _read_records(path):
+  """How many records the TFRecord file at `path` holds (TF checks each CRC)."""
+  from data_pipeline import tf_setup
+  tf = tf_setup.hide_accelerators()
+  n = 0
+  for _ in tf.data.TFRecordDataset(os.fspath(path)):
+    n += 1
+  return n
+
+
+def verify_shard(out_dir, file, sidecar, checksum=False):
+  """(problem or None, sidecar) for a shard whose sidecar marks it complete.
+
+  Checks that the file exists and has the sidecar's size, and with `checksum`
+  its checksum. A sidecar without size and checksum (written before they
+  existed) is checked by reading every record (TF checks each record's CRC;
+  the count must match) and, if the shard is good, rewritten with both.
+  """
+  out = shards.out_path(out_dir)
+  path = out / file
+  if not path.is_file():
+    return 'the file is missing (its sidecar marks it complete)', sidecar
+  size = shards.file_size(path)
+  if 'num_bytes' not in sidecar:
+    try:
+      n = _read_records(path)
+    except Exception as e:  # pylint: disable=broad-except  # DataLossError etc.
+      return f'cannot be read ({_first_line(e)})', sidecar
+    if n != sidecar.get('num_examples'):
+      return (f'holds {n} records but its sidecar says'
+              f' {sidecar.get("num_examples")}'), sidecar
+    sidecar = {**sidecar, 'num_bytes': size, 'checksum': shards.file_checksum(path)}
+    shards.write_json_atomic(out / f'{file}.json', sidecar)
+    return None, sidecar
+  if size != sidecar['num_bytes']:
+    return (f'{size:,} bytes but its sidecar says {sidecar["num_bytes"]:,}'
+            ' (truncated or changed)'), sidecar
+  if checksum:
+    got = shards.file_checksum(path)
+    if got != sidecar.get('checksum'):
+      return (f'checksum {got} but its sidecar says {sidecar.get("checksum")}'
+              ' (corrupt or changed)'), sidecar
+  return None, sidecar
+
+
+def user_mask_conflicts(ids, user_masks):
+  """{id: reason} for folder inputs whose --user_masks map another input also takes.
+
+  The map of `dir/name.ext` is `<user_masks>/dir/name.png`, so `a.jpg` and
+  `a.png` would share one: both are refused, each with a reason naming both.
+  """
+  by_stem = collections.defaultdict(list)
+  for i in ids:
+    by_stem[os.path.splitext(i)[0]].append(i)
+  out = {}
+  for stem, group in by_stem.items():
+    if len(group) > 1:
+      names = ', '.join(sources.printable(g) for g in group[:-1])
+      names += f' and {sources.printable(group[-1])}'
+      mask = sources.printable(os.path.join(user_masks, stem + '.png'))
+      for i in group:
+        out[i] = (f'ambiguous user mask: images {names} would'
+                  f' {"both" if len(group) == 2 else "all"} take {mask}; rename all but'
+                  ' one of them so that each image has its own label map')
+  return out
 
 
 def remove_stale(out_dir, split):
@@ -139,20 +260,26 @@ class Plan:
   resumed: bool
   stale: int              # stale temporary files removed
   todo: int               # inputs in `tasks`
+  skipped: dict = None    # sources.Skipped.as_json(): files / folders not listed
+  command: str = ''       # command_line(): how to resume or repair this run
+  lock: object = None     # lock.OutDirLock held for this run (None in workers)
+  recomputed: int = 0     # complete shards that failed verification
 
 
-def plan_job(params, log=print):
+def plan_job(params, log=print, command_extra=()):
   """Checks the parameters and --out_dir (params.json), lists the shard tasks.
 
   --out_dir (a local path, made absolute, or a URL) is where params.json and
-  the sidecars are checked and where the tasks write.
+  the sidecars are checked and where the tasks write. Takes --out_dir's lock:
+  the caller releases `plan.lock` when the run ends. `command_extra`: flags
+  after the precompute's own in command_line (the Beam runner's).
   """
   if not params.source:
     raise PrecomputeError('--source is required: folder:DIR, tfds:NAME:SPLIT or demo')
   if not params.out_dir:
     raise PrecomputeError('--out_dir is required')
   fh = parse_fh(params)
-  source, folder_ids = sources.open_source(
+  source, folder_ids, skipped = sources.open_source(
       params.source, data_dir=params.data_dir, num_examples=params.num_examples,
       demo_seed=params.demo_seed, image_size=params.image_size, limit=params.limit)
   gt = bool(params.gt and source.has_gt)
@@ -186,47 +313,106 @@ def plan_job(params, log=print):
       'items_fingerprint': source.fingerprint,
   }))
   out_dir = shards.normalize_out_dir(params.out_dir)
-  resumed = check_out_dir(out_dir, run_params)
-  stale = remove_stale(out_dir, params.split_name)
-  tasks, done = [], {}
-  for i in range(k):
-    file = shards.shard_name(params.split_name, i, k)
-    sidecar = shards.read_sidecar(out_dir, file)
-    if sidecar is not None:
-      done[i] = sidecar
-      continue
-    ids = tuple(folder_ids[i::k]) if folder_ids is not None else ()
-    tasks.append(shards.ShardTask(
-        index=i, file=file, out_dir=out_dir, source=source, num_shards=k,
-        folder_ids=ids, fh=fh, fh_sigma=params.fh_sigma, gt=gt, user_masks=user_masks,
-        max_pixels=params.max_pixels, min_image_size=params.min_image_size,
-        mask_names=mask_names))
-  todo = sum(len(sources.shard_positions(source, k, t.index)) for t in tasks)
-  log(f'precompute_masks: {source.description}: {n} inputs -> {k} shards in {out_dir};'
-      f' maps {", ".join(mask_names)}')
-  if resumed:
-    log(f'resuming: {len(done)} of {k} shards already complete (skipped),'
-        f' {len(tasks)} to compute; removed {stale} stale temporary files')
+  command = command_line(params, command_extra)
+  conflicts = (user_mask_conflicts(folder_ids, user_masks)
+               if user_masks and folder_ids is not None else {})
+  lock = lock_lib.OutDirLock(out_dir, log, command=command)
+  resumed = check_out_dir(out_dir, run_params, lock)
+  try:
+    log(f'precompute_masks: {source.description}: {n} inputs -> {k} shards in'
+        f' {out_dir}; maps {", ".join(mask_names)}')
+    skipped_json = skipped.as_json()
+    if skipped_json['count']:
+      kinds = ', '.join(f'{e or "(none)"} {c}'
+                        for e, c in skipped_json['by_extension'].items())
+      log(f'note: skipped {skipped_json["count"]} files that are not'
+          f' {"/".join(sources.IMAGE_EXTENSIONS)} images ({kinds}); counted in'
+          ' manifest.json "skipped"')
+    for folder in skipped_json['folders']:
+      log(f'note: skipped folder {folder["path"]}: {folder["reason"]}')
+    if conflicts:
+      log(f'note: {len(conflicts)} images share a --user_masks label map with'
+          ' another image (same path, other extension): each is listed as a failure')
+    stale = remove_stale(out_dir, params.split_name)
+    tasks, done, bad = [], {}, 0
+    out = shards.out_path(out_dir)
+    for i in range(k):
+      file = shards.shard_name(params.split_name, i, k)
+      try:
+        sidecar = shards.read_json(out / f'{file}.json')
+      except Exception:  # pylint: disable=broad-except  # Missing or partial.
+        sidecar = None
+      if sidecar is not None:
+        problem, sidecar = verify_shard(out_dir, file, sidecar, params.verify)
+        if problem is None:
+          done[i] = sidecar
+          continue
+        log(f'shard {file}: {problem}: recomputing it')
+        (out / f'{file}.json').unlink()  # Not complete any more.
+        bad += 1
+      ids = tuple(folder_ids[i::k]) if folder_ids is not None else ()
+      tasks.append(shards.ShardTask(
+          index=i, file=file, out_dir=out_dir, source=source, num_shards=k,
+          folder_ids=ids, fh=fh, fh_sigma=params.fh_sigma, gt=gt,
+          user_masks=user_masks, max_pixels=params.max_pixels,
+          min_image_size=params.min_image_size, mask_names=mask_names,
+          user_mask_conflicts=tuple((j, conflicts[j]) for j in ids if j in conflicts)))
+    todo = sum(len(sources.shard_positions(source, k, t.index)) for t in tasks)
+    if resumed:
+      checked = 'sizes and checksums checked' if params.verify else 'sizes checked'
+      log(f'resuming: {len(done)} of {k} shards already complete ({checked};'
+          f' skipped), {len(tasks)} to compute'
+          + (f' ({bad} failed the check)' if bad else '')
+          + f'; removed {stale} stale temporary files')
+  except BaseException:
+    lock.release()
+    raise
   return Plan(params=params, source=source, fh_entries=fh_entries,
               mask_names=mask_names, num_shards=k, out_dir=out_dir, tasks=tasks,
-              done=done, resumed=resumed, stale=stale, todo=todo)
+              done=done, resumed=resumed, stale=stale, todo=todo,
+              skipped=skipped_json, command=command, lock=lock, recomputed=bad)
 
 
-def build_manifest(plan, sidecars, *, parameters, timing, runner='local'):
-  """manifest.json's content from the sidecars ({shard index: sidecar}, all shards)."""
-  all_shards = [sidecars[i] for i in range(plan.num_shards)]
+def _shard_entry(sidecar):
+  entry = {'file': sidecar['file'], 'num_examples': sidecar['num_examples'],
+           'num_failures': sidecar['num_failures']}
+  for key in ('num_bytes', 'checksum'):
+    if key in sidecar:
+      entry[key] = sidecar[key]
+  return entry
+
+
+def build_manifest(plan, sidecars, *, parameters, timing, runner='local', partial=False):
+  """manifest.json's content from the sidecars ({shard index: sidecar}).
+
+  All shards' sidecars; with `partial` (an interrupted run) the complete ones:
+  the manifest then says "partial": true and lists the missing shards
+  (data_pipeline/input_pipeline.py refuses to train on it).
+  """
+  if partial:
+    all_shards = [sidecars[i] for i in sorted(sidecars)]
+  else:
+    all_shards = [sidecars[i] for i in range(plan.num_shards)]
   failures = [f for s in all_shards for f in s['failures']]
+  extra = {}
+  if partial:
+    extra['missing_shards'] = [shards.shard_name(plan.params.split_name, i,
+                                                 plan.num_shards)
+                               for i in range(plan.num_shards) if i not in sidecars]
   return {
       'format_version': records.FORMAT_VERSION,
+      'partial': bool(partial),
+      **extra,
       'split': plan.params.split_name,
       'source': plan.source.description,
       'runner': runner,
+      'command': plan.command,
       'parameters': parameters,
       'num_examples': sum(s['num_examples'] for s in all_shards),
       'mask_names': list(plan.mask_names),
       'fh': plan.fh_entries,
-      'shards': [{'file': s['file'], 'num_examples': s['num_examples'],
-                  'num_failures': s['num_failures']} for s in all_shards],
+      'shards': [_shard_entry(s) for s in all_shards],
+      'skipped': plan.skipped or sources.Skipped().as_json(),
       'failures': failures,
       'num_failures': len(failures),
       'num_transcoded': sum(s['num_transcoded'] for s in all_shards),

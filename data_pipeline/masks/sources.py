@@ -45,32 +45,91 @@ class Source:
   fingerprint: str = ''
 
 
+@dataclasses.dataclass
+class Skipped:
+  """What a folder listing left out: files by extension, folders with a reason."""
+  by_extension: dict = dataclasses.field(default_factory=dict)   # '.tif' -> count
+  folders: list = dataclasses.field(default_factory=list)        # {'path', 'reason'}
+
+  def as_json(self):
+    return {'count': sum(self.by_extension.values()),
+            'by_extension': dict(sorted(self.by_extension.items())),
+            'folders': list(self.folders)}
+
+
+def printable(name):
+  """A path as text that any JSON / terminal takes (undecodable bytes as \\xNN)."""
+  return os.fsencode(name).decode('utf-8', 'backslashreplace')
+
+
 def list_folder(root):
-  """Sorted relative paths (with '/') of the images under `root`."""
-  out = []
-  for d, dirs, files in os.walk(root):
-    dirs.sort()
+  """(sorted relative paths with '/' of the images under `root`, Skipped).
+
+  Symlinked folders are followed; a folder reached twice (a symlink loop, or
+  two links to one folder) is listed once, the other paths are in
+  Skipped.folders. Files whose extension is not an image extension are
+  counted in Skipped.by_extension ('' for none).
+  """
+  out, skipped, seen = [], Skipped(), {}
+
+  def key(path):
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+  def rel(path):
+    return os.path.relpath(path, root).replace(os.sep, '/')
+
+  seen[key(root)] = '.'
+  for d, dirs, files in os.walk(root, followlinks=True):
+    keep = []
+    for name in sorted(dirs):
+      path = os.path.join(d, name)
+      try:
+        k = key(path)
+      except OSError as e:  # A broken link, or no permission.
+        skipped.folders.append({'path': printable(rel(path)),
+                                'reason': f'cannot be listed: {e.strerror}'})
+        continue
+      if k in seen:
+        first, here = seen[k], rel(path)
+        loop = first == '.' or here.startswith(first + '/')
+        what = ('a symlink loop back to' if loop
+                else 'another path to the folder listed as')
+        skipped.folders.append({'path': printable(here),
+                                'reason': f'{what} {printable(first)} (not followed)'})
+        continue
+      seen[k] = rel(path)
+      keep.append(name)
+    dirs[:] = keep
     for f in files:
-      if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
-        out.append(os.path.relpath(os.path.join(d, f), root).replace(os.sep, '/'))
-  return sorted(out)
+      ext = os.path.splitext(f)[1].lower()
+      if ext in IMAGE_EXTENSIONS:
+        out.append(rel(os.path.join(d, f)))
+      else:
+        ext = printable(ext)
+        skipped.by_extension[ext] = skipped.by_extension.get(ext, 0) + 1
+  return sorted(out), skipped
 
 
 def open_source(spec, *, data_dir=None, num_examples=None, demo_seed=0,
                 image_size=128, limit=None):
-  """Parses --source and enumerates it. Returns (Source, folder ids or None)."""
+  """Parses --source and enumerates it. Returns (Source, folder ids or None, Skipped)."""
   kind, _, rest = (spec or '').partition(':')
-  ids = None
+  ids, skipped = None, Skipped()
   if kind == 'folder':
     root = os.path.abspath(rest)
     if not rest or not os.path.isdir(root):
       raise PrecomputeError(f'--source=folder:{rest}: {root!r} is not a directory')
-    ids = list_folder(root)
+    ids, skipped = list_folder(root)
     if limit:
       ids = ids[:limit]
     if not ids:
-      raise PrecomputeError(f'--source=folder:{rest}: no images found (extensions'
-                            f' {", ".join(IMAGE_EXTENSIONS)}, any case, recursive)')
+      other = skipped.as_json()
+      raise PrecomputeError(
+          f'--source=folder:{rest}: no images found (extensions'
+          f' {", ".join(IMAGE_EXTENSIONS)}, any case, recursive)'
+          + (f'; skipped {other["count"]} other files by extension:'
+             f' {other["by_extension"]}' if other['count'] else ''))
     digest = hashlib.sha256('\n'.join(ids).encode('utf-8', 'surrogateescape'))
     src = Source('folder', f'folder:{root}', len(ids), False, root=root,
                  fingerprint=digest.hexdigest())
@@ -88,7 +147,7 @@ def open_source(spec, *, data_dir=None, num_examples=None, demo_seed=0,
     raise PrecomputeError(f'--source={spec!r}: use folder:DIR, tfds:NAME:SPLIT'
                           ' (e.g. tfds:imagenet2012:train, tfds:coco/2017_panoptic:train)'
                           ' or demo')
-  return src, ids
+  return src, ids, skipped
 
 
 def _tfds_gt_kind(features):
