@@ -11,12 +11,27 @@ MIN_VISIBLE_PIXELS visible pixels (a candidate that would leave any object
 smaller is dropped before painting). GT is exactly the painted regions: no
 antialiasing, no blur.
 
+Semantic classes: every object has one class, its shape kind, whatever its
+random tint, texture, size or rotation: CLASS_NAMES[c] for class id c, i.e.
+0 background, 1 ellipse, 2 rectangle, 3 triangle, 4 polygon, 5 star. The
+class map (`class_map`) gives every pixel its object's class: it is the GT
+instance map with each instance id replaced by that object's class, so
+occlusion is the instance map's (a pixel belongs to the top object) and
+background pixels are 0.
+
+Splits: scene indices are the split. The mask precompute takes train scenes
+from index 0 and held-out ones from SPLIT_FIRST_INDEX['val'] (1,000,000) or
+['test'] (2,000,000) (precompute_masks --split_name=val), so a split never
+shares a scene with another while it has at most 1,000,000 scenes.
+
 Pure and deterministic: scene `index` of `seed` depends only on
 np.random.default_rng([seed, index]), so it is the same bytes whatever the
 process or call order (for given numpy and scikit-image versions).
 
   image, gt = generate_scene(7)            # uint8 [128, 128, 3], int32 [128, 128]
+  image, gt, cls = generate_labelled_scene(7)   # + int32 [128, 128] class map
   for image_id, image, gt in iterate_scenes(2000): ...
+  for image_id, image, gt, cls in iterate_scenes(200, start=10**6, classes=True): ...
 """
 
 import functools
@@ -32,6 +47,12 @@ MIN_SIZE = 32
 MIN_VISIBLE_PIXELS = 20
 MIN_OBJECTS, MAX_OBJECTS = 3, 8
 SHAPES = ('ellipse', 'rectangle', 'triangle', 'polygon', 'star')
+# Class ids of the class map: 0 background, then SHAPES[k] has class k + 1.
+CLASS_NAMES = ('background',) + SHAPES
+# First scene index of each split (precompute_masks --split_name); a split of
+# n scenes is indices first .. first + n - 1.
+SPLIT_FIRST_INDEX = {'train': 0, 'val': 1_000_000, 'test': 2_000_000}
+SPLIT_STRIDE = 1_000_000
 
 # Images inside the scikit-image wheel that load offline (no pooch download):
 # natural photos and textures. Grey ones are tinted; colour ones keep a little
@@ -208,13 +229,41 @@ def generate_scene(index, seed=0, size=DEFAULT_SIZE):
   return image, gt
 
 
+def class_map(gt, classes):
+  """The per-pixel class map of a scene: int32 [H, W].
+
+  Args:
+    gt: int [H, W] instance map, 0 background, 1..N objects.
+    classes: int [N], object i + 1's shape kind (an index into SHAPES).
+  Returns:
+    int32 [H, W]: 0 where gt is 0, classes[gt - 1] + 1 elsewhere (CLASS_NAMES).
+  """
+  lut = np.concatenate([[0], np.asarray(classes, np.int32) + 1]).astype(np.int32)
+  return lut[np.asarray(gt)]
+
+
+def generate_labelled_scene(index, seed=0, size=DEFAULT_SIZE):
+  """Scene `index` of `seed`: (image, gt, class map int32 [size, size]).
+
+  The image and gt are generate_scene's; the class map is class_map's.
+  """
+  image, gt, classes = generate_scene_with_classes(index, seed, size)
+  return image, gt, class_map(gt, classes)
+
+
 def scene_id(index):
   """The image id of scene `index`, e.g. 'demo/000123'."""
   return f'demo/{index:06d}'
 
 
-def iterate_scenes(num_examples, seed=0, size=DEFAULT_SIZE, start=0):
-  """Yields (image_id, image, gt) for scenes start .. start + num_examples - 1."""
+def iterate_scenes(num_examples, seed=0, size=DEFAULT_SIZE, start=0, classes=False):
+  """Yields (image_id, image, gt) for scenes start .. start + num_examples - 1.
+
+  With `classes`, (image_id, image, gt, class map) (generate_labelled_scene).
+  """
   for i in range(start, start + num_examples):
-    image, gt = generate_scene(i, seed, size)
-    yield scene_id(i), image, gt
+    if classes:
+      yield (scene_id(i),) + generate_labelled_scene(i, seed, size)
+    else:
+      image, gt = generate_scene(i, seed, size)
+      yield scene_id(i), image, gt

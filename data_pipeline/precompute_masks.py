@@ -33,7 +33,13 @@ tfds:NAME:SPLIT  a TFDS dataset already prepared under --data_dir; this tool
   worker itself as `SPLIT[a:b]`, so memory stays bounded. The id is
   image/filename (or file_name, else TFDS's own example id).
 demo  the synthetic scenes of data_pipeline/demo_dataset.py (--num_examples,
-  --demo_seed, --image_size), contiguous ranges, with GT.
+  --demo_seed, --image_size), contiguous ranges, with GT and class maps. The
+  split name picks the scenes: --split_name=train (default) is scenes 0..n-1,
+  val scenes 1,000,000.., test 2,000,000.. (demo_dataset.SPLIT_FIRST_INDEX),
+  so a held-out split never shares a scene with train (ids demo/<index>);
+  --demo_first_index=N sets the first scene explicitly (any split name):
+    python -m data_pipeline.precompute_masks --source=demo --split_name=val \
+        --num_examples=500 --out_dir=$MASKS/demo_val
 
 Label maps
 ----------
@@ -48,7 +54,10 @@ increasing id order, things and stuff alike); or per-instance binary masks
 `objects/segmentation` or `objects/mask` (e.g. lvis), painted largest first
 so that small instances stay visible, ids 1..N in dataset order. TFDS's
 coco/2017 holds boxes only (no masks): use coco/2017_panoptic for COCO GT.
-imagenet2012 has none. 'user' (--user_masks=DIR): DIR/<id without
+imagenet2012 has none. 'class' (with 'gt', when the source has semantic
+labels): each GT pixel's class, 0 = background/VOID (ids: records.py) -- the
+demo's shape kinds, or for coco/2017_panoptic 1 + the segment's category
+(TFDS panoptic_objects/label). 'user' (--user_masks=DIR): DIR/<id without
 extension>.png, greyscale/palette/16-bit ids, or RGB read as R*65536 + G*256
 + B (records' png_rgb24 convention); it must match the image's size. Two
 images whose paths differ only by extension (a.jpg, a.png) would share one
@@ -83,6 +92,11 @@ On disk, parallelism and resume
   OUT/<split>-<i:05d>-of-<k:05d>.tfrecord      one per shard
   OUT/<split>-<i:05d>-of-<k:05d>.tfrecord.json sidecar: counts, failures, mask names
   OUT/manifest.json                            written last, from the sidecars
+With GT stored, each worker also measures the ABO (DetCon's Average Best
+Overlap, data_pipeline/masks/quality.py) of every FH / user map it wrote
+with the GT instances, from the maps in memory (no second pass; about 1 ms
+an image); the sidecars hold the sums and manifest.json "abo" the totals,
+the same as `python -m data_pipeline.mask_quality --data_dir=OUT`.
 One task per shard on a pool of --num_workers 'spawn' processes (TensorFlow
 and fork do not mix); each imports TensorFlow once. --num_workers=1 runs in
 this process. A worker writes `<shard>.tmp-<pid>`, renames it to the shard's
@@ -160,6 +174,10 @@ flags.DEFINE_integer('num_examples', None, 'demo: number of scenes (default:'
                      ' demo_dataset.DEFAULT_NUM_EXAMPLES).', flag_values=FLAGS)
 flags.DEFINE_integer('demo_seed', 0, 'demo: scene seed.', flag_values=FLAGS)
 flags.DEFINE_integer('image_size', 128, 'demo: scene size in pixels.', flag_values=FLAGS)
+flags.DEFINE_integer('demo_first_index', None, 'demo: index of the first scene.'
+                     ' Default: by --split_name, train 0, val 1000000, test 2000000'
+                     ' (held-out scenes never in train); other split names need it.',
+                     flag_values=FLAGS)
 flags.DEFINE_integer('limit', None, 'Use only the first N inputs (smoke runs).',
                      flag_values=FLAGS)
 flags.DEFINE_float('progress_every_s', 5.0, 'Seconds between progress lines.',

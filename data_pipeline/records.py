@@ -18,7 +18,7 @@ Feature keys (all scalars unless noted):
   image/id           bytes   Stable id: the path relative to the source folder,
                              or the TFDS example id.
   mask/names         bytes[] Names of the label maps stored for this image, e.g.
-                             fh_s1000_m1000_sig0.8, gt, user.
+                             fh_s1000_m1000_sig0.8, gt, class, user.
   mask/<name>/encoded bytes  The label map, lossless: a 16-bit greyscale PNG of
                              the ids ("png16"), or for maps with 65,536 or more
                              ids an 8-bit RGB PNG holding id = R*65536 + G*256 + B
@@ -30,6 +30,23 @@ Label maps have the image's full resolution and are pixel-aligned with the
 decoded image. Ids are non-negative; FH maps number segments 0..n-1 as
 skimage returns them; GT maps use 0 for background/unlabelled pixels and 1..N
 for instances.
+
+The `class` map (CLASS_MASK; stored next to `gt` when the source has
+semantic labels) gives each pixel the semantic class of its `gt` instance, on
+the same pixels (the same occlusion): 0 = background / unlabelled / VOID,
+c >= 1 a class. Every pixel of one `gt` instance has one class; pixels with gt
+0 have class 0. Class ids by source:
+  demo                 data_pipeline/demo_dataset.CLASS_NAMES: 0 background,
+                       1 ellipse, 2 rectangle, 3 triangle, 4 polygon, 5 star
+                       (the shape kind; never the random tint or texture).
+  tfds coco/2017_panoptic  1 + the segment's `panoptic_objects/label`, the
+                       index into TFDS's ClassLabel of the 133 panoptic
+                       categories (in the order of the annotation file's
+                       "categories": 80 things then 53 stuff; names in
+                       features['panoptic_objects']['label'].names), so
+                       1..133; 0 = VOID (panoptic id 0, or a segment that
+                       panoptic_objects does not list). Crowd segments keep
+                       their category.
 """
 
 import io
@@ -51,6 +68,7 @@ MASK_NAMES = 'mask/names'
 PNG16 = 'png16'
 PNG_RGB24 = 'png_rgb24'
 GT_MASK = 'gt'
+CLASS_MASK = 'class'
 USER_MASK = 'user'
 
 

@@ -83,12 +83,14 @@ def test_cli_writes_a_folder_that_reads_back_identically(tmp_path, capsys):
                   f'--out_dir={out}', '--num_examples=5', '--seed=1', '--image_size=64'],
                  cwd=ROOT, check=True, capture_output=True)
   for i in range(5):
-    image, gt = demo_dataset.generate_scene(i, 1, 64)
+    image, gt, cls = demo_dataset.generate_labelled_scene(i, 1, 64)
     read_image = Image.open(out / 'images' / f'demo_{i:06d}.png')
     read_gt = Image.open(out / 'gt' / f'demo_{i:06d}.png')
+    read_cls = Image.open(out / 'class' / f'demo_{i:06d}.png')
     assert read_image.mode == 'RGB' and read_gt.mode == 'I;16'
     np.testing.assert_array_equal(np.asarray(read_image), image)
     np.testing.assert_array_equal(np.asarray(read_gt).astype(np.int32), gt)
+    np.testing.assert_array_equal(np.asarray(read_cls).astype(np.int32), cls)
   # Idempotent: a re-run keeps the 5 and writes only the new one.
   argv = ['make_demo_dataset', f'--out_dir={out}', '--num_examples=6', '--seed=1',
           '--image_size=64']
@@ -96,3 +98,24 @@ def test_cli_writes_a_folder_that_reads_back_identically(tmp_path, capsys):
   assert '1 written, 5 already there' in capsys.readouterr().out
   assert sorted(os.listdir(out / 'images')) == [f'demo_{i:06d}.png' for i in range(6)]
   assert make_demo_dataset.main(['make_demo_dataset']) == 2  # No --out_dir.
+  # Held-out scenes: another index range, other files.
+  assert make_demo_dataset.main(argv[:2] + ['--num_examples=2', '--first_index=1000000',
+                                            '--seed=1', '--image_size=64']) == 0
+  assert '2 written' in capsys.readouterr().out
+  image, _ = demo_dataset.generate_scene(1_000_001, 1, 64)
+  np.testing.assert_array_equal(
+      np.asarray(Image.open(out / 'images' / 'demo_1000001.png')), image)
+
+
+def test_class_map_is_the_shape_kind_on_the_instance_pixels():
+  for index in range(8):
+    image, gt, kinds = demo_dataset.generate_scene_with_classes(index, 2, 64)
+    _, gt2, cls = demo_dataset.generate_labelled_scene(index, 2, 64)
+    assert image.tobytes() == demo_dataset.generate_scene(index, 2, 64)[0].tobytes()
+    np.testing.assert_array_equal(gt, gt2)
+    np.testing.assert_array_equal(cls == 0, gt == 0)
+    for i, kind in enumerate(kinds):
+      assert set(np.unique(cls[gt == i + 1])) == {kind + 1}
+      assert demo_dataset.CLASS_NAMES[kind + 1] == demo_dataset.SHAPES[kind]
+  ids = [s[0] for s in demo_dataset.iterate_scenes(2, start=10**6, classes=True)]
+  assert ids == ['demo/1000000', 'demo/1000001']

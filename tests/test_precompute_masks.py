@@ -309,13 +309,14 @@ def test_demo_source_with_gt_feeds_the_input_pipeline(tmp_path):
   assert run(out, '--source=demo', '--num_examples=6', '--image_size=64', *FAST,
              '--num_shards=2') == 0
   manifest, exs = read_dataset(out)
-  assert manifest['mask_names'] == [FH100, records.GT_MASK]
-  scenes = list(demo_dataset.iterate_scenes(6, seed=0, size=64))
+  assert manifest['mask_names'] == [FH100, records.GT_MASK, records.CLASS_MASK]
+  scenes = list(demo_dataset.iterate_scenes(6, seed=0, size=64, classes=True))
   assert sorted(exs) == sorted(str(s[0]) for s in scenes)
-  for image_id, image, gt in scenes:
+  for image_id, image, gt, cls in scenes:
     ex = exs[str(image_id)]
     np.testing.assert_array_equal(pixels(ex), image)
     np.testing.assert_array_equal(ex['masks']['gt'], gt)
+    np.testing.assert_array_equal(ex['masks']['class'], cls)
     np.testing.assert_array_equal(ex['masks'][FH100], fh(image))
     assert ex['transcoded'] and ex['original_format'] == 'raw'
   no_color = dict(color_jitter_prob=0., grayscale_prob=0., blur_prob=(0., 0.),
@@ -364,6 +365,36 @@ class PrecomputeTestPanoptic(tfds.core.GeneratorBasedBuilder):
     for i in range(n):
       jpeg, pan = _panoptic_example(i)
       yield i, {'image': jpeg, 'image/filename': f'{i:03d}.jpg', 'panoptic_image': pan}
+
+
+class PrecomputeTestPanopticLabels(tfds.core.GeneratorBasedBuilder):
+  """Panoptic PNGs plus panoptic_objects {id, label}, as TFDS's coco/2017_panoptic."""
+  VERSION = tfds.core.Version('1.0.0')
+  code_path = None
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        'image': tfds.features.Image(encoding_format='jpeg'),
+        'image/filename': tfds.features.Text(),
+        'panoptic_image': tfds.features.Image(encoding_format='png'),
+        'panoptic_objects': tfds.features.Sequence({
+            'id': np.int64,
+            'label': tfds.features.ClassLabel(num_classes=133),
+            'is_crowd': np.bool_,
+        }),
+    }))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {'train': self._generate_examples(3)}
+
+  def _generate_examples(self, n):
+    for i in range(n):
+      jpeg, pan = _panoptic_example(i)
+      # Segment 263 is category 0, 65538 category 132; 196608 (odd i) unlisted.
+      yield i, {'image': jpeg, 'image/filename': f'{i:03d}.jpg', 'panoptic_image': pan,
+                'panoptic_objects': {'id': [65538, 263], 'label': [132, 0],
+                                     'is_crowd': [False, True]}}
 
 
 class PrecomputeTestInstances(tfds.core.GeneratorBasedBuilder):
@@ -424,6 +455,24 @@ def test_tfds_source_keeps_bytes_and_reads_panoptic_gt(tmp_path, capsys):
   expected[10:60, 10:70] = 2
   expected[20:30, 20:30] = 1   # The small instance is painted over the large one.
   np.testing.assert_array_equal(ex['masks']['gt'], expected)
+
+  # With panoptic_objects (coco/2017_panoptic): the category map, 1 + label.
+  data_dir4 = str(tmp_path / 'tfds4')
+  PrecomputeTestPanopticLabels(data_dir=data_dir4).download_and_prepare()
+  assert run(tmp_path / 'out4', '--source=tfds:precompute_test_panoptic_labels:train',
+             f'--data_dir={data_dir4}', *FAST) == 0
+  manifest, exs = read_dataset(tmp_path / 'out4')
+  assert manifest['mask_names'] == [FH100, records.GT_MASK, records.CLASS_MASK]
+  assert manifest['abo']['num_images'] == 3
+  for i in range(3):
+    ex = exs[f'{i:03d}.jpg']
+    expected = np.zeros(PHOTO.shape[:2], np.int32)
+    expected[5:30, 10:40] = 1          # Label 0 -> class 1.
+    expected[35:60, :] = 133           # Label 132 -> class 133.
+    np.testing.assert_array_equal(ex['masks']['class'], expected)  # Unlisted: 0.
+    gt = ex['masks']['gt']
+    for j in np.unique(gt):            # One class per instance.
+      assert len(np.unique(ex['masks']['class'][gt == j])) == 1
 
   # Never downloads: an unprepared dataset is refused with what to run.
   capsys.readouterr()

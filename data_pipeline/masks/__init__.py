@@ -6,7 +6,9 @@ job per module, imported in this order (no module imports a later one):
   errors.py        PrecomputeError (usage), ImageFailure (one bad input),
                    Interrupted (a signal stopped the run)
   decode.py        image decoding and validation; when the original bytes are kept
-  label_maps.py    FH, GT (panoptic / painted instances) and user label maps
+  label_maps.py    FH, GT (panoptic / painted instances), class and user label maps
+  quality.py       mask quality: DetCon's Average Best Overlap (ABO) with GT
+                   (numpy only; the workers and data_pipeline/mask_quality.py)
   sources.py       folder / tfds / demo sources: items, shard positions, iteration
   shards.py        the output folder (etils.epath), ShardTask, one record, one
                    shard and its completion sidecar, atomic writes

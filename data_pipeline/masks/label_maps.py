@@ -53,14 +53,41 @@ def read_user_mask(path, height, width):
   return labels
 
 
-def panoptic_to_instances(png):
-  """COCO panoptic PNG bytes -> int32 [H, W]: 0 = VOID, 1..N one per segment."""
+def _panoptic_ids(png):
+  """COCO panoptic PNG bytes -> int64 [H, W] segment ids R + 256 G + 65536 B."""
   with Image.open(io.BytesIO(png)) as img:
     rgb = np.asarray(img.convert('RGB')).astype(np.int64)
-  ids = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+  return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+
+
+def panoptic_to_instances(png):
+  """COCO panoptic PNG bytes -> int32 [H, W]: 0 = VOID, 1..N one per segment."""
+  ids = _panoptic_ids(png)
   uniq, inverse = np.unique(ids, return_inverse=True)
   labels = inverse.reshape(ids.shape) + (0 if uniq[0] == 0 else 1)
   return labels.astype(np.int32)
+
+
+def panoptic_to_classes(png, segment_ids, labels):
+  """COCO panoptic PNG bytes + its segments' categories -> int32 [H, W] class map.
+
+  Args:
+    png: the panoptic PNG (segment id = R + 256 G + 65536 B, 0 = VOID).
+    segment_ids: int [S], TFDS panoptic_objects/id: each segment's panoptic id.
+    labels: int [S], TFDS panoptic_objects/label: each segment's category index
+      (0-based, into the dataset's ClassLabel).
+  Returns:
+    int32 [H, W]: label + 1 on each listed segment's pixels, 0 on VOID and on
+    segments the list does not hold (records.py: the `class` map). Pixel-aligned
+    with panoptic_to_instances(png): one class per instance.
+  """
+  ids = _panoptic_ids(png)
+  uniq, inverse = np.unique(ids, return_inverse=True)
+  lut = dict(zip(np.asarray(segment_ids, np.int64).tolist(),
+                 (np.asarray(labels, np.int64) + 1).tolist()))
+  lut[0] = 0  # VOID, even if listed.
+  per_id = np.array([lut.get(int(u), 0) for u in uniq], np.int32)
+  return per_id[inverse.reshape(ids.shape)]
 
 
 def paint_instances(masks):

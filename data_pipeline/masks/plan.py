@@ -23,6 +23,7 @@ import shlex
 
 from data_pipeline import records
 from data_pipeline.masks import lock as lock_lib
+from data_pipeline.masks import quality
 from data_pipeline.masks import shards
 from data_pipeline.masks import sources
 from data_pipeline.masks.errors import PrecomputeError
@@ -48,6 +49,7 @@ class Params:
   num_examples: int = None
   demo_seed: int = 0
   image_size: int = 128
+  demo_first_index: int = None
   limit: int = None
   progress_every_s: float = 5.0
   verify: bool = False
@@ -281,14 +283,17 @@ def plan_job(params, log=print, command_extra=()):
   fh = parse_fh(params)
   source, folder_ids, skipped = sources.open_source(
       params.source, data_dir=params.data_dir, num_examples=params.num_examples,
-      demo_seed=params.demo_seed, image_size=params.image_size, limit=params.limit)
+      demo_seed=params.demo_seed, image_size=params.image_size, limit=params.limit,
+      split_name=params.split_name, first_index=params.demo_first_index)
   gt = bool(params.gt and source.has_gt)
+  classes = gt and source.has_classes
   if params.gt and not source.has_gt and source.kind == 'tfds':
     log(f'note: {source.kind} source {params.source} has no GT maps; storing none')
   user_masks = os.path.abspath(params.user_masks) if params.user_masks else ''
   if user_masks and not os.path.isdir(user_masks):
     raise PrecomputeError(f'--user_masks={params.user_masks} is not a directory')
   mask_names = tuple([n for _, _, n in fh] + [records.GT_MASK] * gt
+                     + [records.CLASS_MASK] * classes
                      + [records.USER_MASK] * bool(user_masks))
   if not mask_names:
     raise PrecomputeError('nothing to store: no FH scales (--fh_scales), no GT in'
@@ -311,6 +316,8 @@ def plan_job(params, log=print, command_extra=()):
       'user_masks': user_masks, 'max_pixels': int(params.max_pixels),
       'min_image_size': params.min_image_size, 'num_items': n, 'num_shards': k,
       'items_fingerprint': source.fingerprint,
+      # Only when stored: params.json of runs without class maps is unchanged.
+      **({'class_map': True} if classes else {}),
   }))
   out_dir = shards.normalize_out_dir(params.out_dir)
   command = command_line(params, command_extra)
@@ -418,10 +425,45 @@ def build_manifest(plan, sidecars, *, parameters, timing, runner='local', partia
       'num_transcoded': sum(s['num_transcoded'] for s in all_shards),
       'original_formats': dict(sum((collections.Counter(s['original_formats'])
                                     for s in all_shards), collections.Counter())),
+      **abo_manifest_entry(all_shards),
       'versions': shards.versions(),
       'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
       'timing': timing,
   }
+
+
+def abo_manifest_entry(sidecars):
+  """{'abo': ...} for the manifest from the shards' sidecars, or {} without GT.
+
+  The ABO of every stored FH / user map with the GT instances (quality.py has
+  the definitions), over the shards listed: each worker summed its shard's
+  images (shards.process_shard), the sums are added here in shard order. The
+  same numbers as `python -m data_pipeline.mask_quality` on the folder.
+  {} when no GT is stored, when GT is the only map, or when a shard's sidecar
+  has no "abo" (written by an older version).
+  """
+  if not sidecars or any('abo' not in s for s in sidecars):
+    return {}
+  names = list(sidecars[0]['abo']['maps'])
+  if not names:  # GT alone: nothing to measure.
+    return {}
+  totals = {n: quality.AboStats() for n in names}
+  for s in sidecars:
+    for n in names:
+      totals[n].merge(quality.AboStats.from_json(s['abo']['maps'][n]))
+  first = totals[names[0]].summary()
+  return {'abo': {
+      'gt_map': sidecars[0]['abo']['gt_map'],
+      'definition': 'abo: mean over all GT instances (ids > 0) of the best IoU with'
+                    ' any mask (id) of the map; abo_per_image: mean over images of'
+                    ' that mean; images without GT instances skipped',
+      'num_images': first['num_images'],
+      'num_images_without_instances': first['num_images_without_instances'],
+      'num_instances': first['num_instances'],
+      'maps': {n: {k: totals[n].summary()[k]
+                   for k in ('abo', 'abo_per_image', 'masks_per_image')}
+               for n in names},
+  }}
 
 
 def write_manifest(out_dir, manifest):

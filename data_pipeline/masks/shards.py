@@ -31,6 +31,7 @@ from PIL import Image
 from data_pipeline import records
 from data_pipeline.masks import decode
 from data_pipeline.masks import label_maps
+from data_pipeline.masks import quality
 from data_pipeline.masks import sources
 from data_pipeline.masks.errors import ImageFailure
 from data_pipeline.masks.errors import PrecomputeError
@@ -144,7 +145,7 @@ class ShardTask:
 
 
 def make_record(item, task):
-  """One Item -> (serialized record, Decoded); raises ImageFailure."""
+  """One Item -> (serialized record, Decoded, {name: label map}); raises ImageFailure."""
   try:
     item.id.encode('utf-8')
   except UnicodeEncodeError:
@@ -171,6 +172,15 @@ def make_record(item, task):
       raise ImageFailure(f'GT map has shape {None if gt is None else np.shape(gt)}'
                          f' but the image is {(height, width)}')
     extra[records.GT_MASK] = np.asarray(gt)
+    if records.CLASS_MASK in task.mask_names:
+      try:
+        cls = None if item.classes is None else item.classes()
+      except Exception as e:  # pylint: disable=broad-except
+        raise ImageFailure(f'class map cannot be read: {type(e).__name__}: {e}') from None
+      if cls is None or np.shape(cls) != (height, width):
+        raise ImageFailure(f'class map has shape {None if cls is None else np.shape(cls)}'
+                           f' but the image is {(height, width)}')
+      extra[records.CLASS_MASK] = np.asarray(cls)
   if task.user_masks:
     path = os.path.join(task.user_masks, os.path.splitext(item.id)[0] + '.png')
     extra[records.USER_MASK] = label_maps.read_user_mask(path, height, width)
@@ -183,7 +193,23 @@ def make_record(item, task):
         height=height, width=width, image_id=item.id, label_maps=maps)
   except ValueError as e:  # Ids that cannot be stored losslessly.
     raise ImageFailure(str(e)) from None
-  return rec, dec
+  return rec, dec, maps
+
+
+def abo_map_names(mask_names):
+  """The stored maps whose ABO a shard's sidecar records: FH maps and user.
+
+  None when no GT is stored (nothing to measure against).
+  """
+  if records.GT_MASK not in mask_names:
+    return None
+  return [n for n in mask_names if n not in (records.GT_MASK, records.CLASS_MASK)]
+
+
+def abo_sidecar_entry(stats):
+  """The sidecar's "abo": {map name: quality.AboStats sums} (mergeable)."""
+  return {'gt_map': records.GT_MASK,
+          'maps': {name: s.to_json() for name, s in stats.items()}}
 
 
 def limit_tf_threads():
@@ -214,6 +240,9 @@ def process_shard(task, report):
   positions = sources.shard_positions(task.source, task.num_shards, task.index)
   failures, formats = [], collections.Counter()
   num, transcoded = 0, 0
+  # ABO of each stored map with GT (quality.py), from the maps already in memory.
+  abo_names = abo_map_names(task.mask_names)
+  abo = {name: quality.AboStats() for name in abo_names or ()}
 
   def fail(item, reason):
     failures.append({'id': sources.printable(item.id),
@@ -224,7 +253,7 @@ def process_shard(task, report):
     with tf.io.TFRecordWriter(os.fspath(tmp)) as writer:
       for item in sources.iterate_items(task.source, positions, task.folder_ids):
         try:
-          rec, dec = make_record(item, task)
+          rec, dec, maps = make_record(item, task)
         except ImageFailure as e:
           fail(item, str(e))
           continue
@@ -235,6 +264,8 @@ def process_shard(task, report):
         # Protobuf writes map entries (the features) in a per-process order;
         # the deterministic form makes shards byte-identical across runs.
         writer.write(tf.train.Example.FromString(rec).SerializeToString(deterministic=True))
+        for name, stats in abo.items():
+          stats.add_image(maps[records.GT_MASK], maps[name])
         num += 1
         transcoded += dec.transcoded
         formats[dec.original_format] += 1
@@ -255,5 +286,7 @@ def process_shard(task, report):
       'num_bytes': num_bytes, 'checksum': checksum,
       'seconds': round(time.perf_counter() - t0, 3), 'versions': versions(),
   }
+  if abo_names is not None:
+    sidecar['abo'] = abo_sidecar_entry(abo)
   write_json_atomic(out / f'{task.file}.json', sidecar)  # Marks the shard complete.
   return sidecar

@@ -26,6 +26,7 @@ class Item:
   path: str
   load: object
   gt: object = None  # None, or a callable returning int [H, W].
+  classes: object = None  # None, or a callable returning the class map int [H, W].
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Source:
   description: str
   num_items: int
   has_gt: bool
+  has_classes: bool = False    # a semantic class map next to GT (records.CLASS_MASK)
   root: str = ''               # folder
   builder_dir: str = ''        # tfds: the prepared, versioned dataset folder
   tfds_name: str = ''
@@ -42,6 +44,7 @@ class Source:
   gt_kind: str = ''            # tfds: '' | panoptic | objects/<key>
   demo_seed: int = 0
   image_size: int = 0
+  demo_first_index: int = 0    # demo: scene index of item 0 (the split's range)
   fingerprint: str = ''
 
 
@@ -111,9 +114,33 @@ def list_folder(root):
   return sorted(out), skipped
 
 
+def demo_first_index(split_name, first_index=None):
+  """The demo scene index where split `split_name` starts.
+
+  --demo_first_index when given, else demo_dataset.SPLIT_FIRST_INDEX[split]
+  (train 0, val 1,000,000, test 2,000,000); other split names need the flag.
+  """
+  from data_pipeline import demo_dataset
+  if first_index is not None:
+    if first_index < 0:
+      raise PrecomputeError(f'--demo_first_index={first_index}: must be >= 0')
+    return int(first_index)
+  if split_name not in demo_dataset.SPLIT_FIRST_INDEX:
+    raise PrecomputeError(
+        f'--source=demo --split_name={split_name}: the demo knows the splits'
+        f' {", ".join(demo_dataset.SPLIT_FIRST_INDEX)} (scene ranges from'
+        f' {demo_dataset.SPLIT_FIRST_INDEX}); for another split name give'
+        ' --demo_first_index=N, the scene index where it starts')
+  return demo_dataset.SPLIT_FIRST_INDEX[split_name]
+
+
 def open_source(spec, *, data_dir=None, num_examples=None, demo_seed=0,
-                image_size=128, limit=None):
-  """Parses --source and enumerates it. Returns (Source, folder ids or None, Skipped)."""
+                image_size=128, limit=None, split_name='train', first_index=None):
+  """Parses --source and enumerates it. Returns (Source, folder ids or None, Skipped).
+
+  Demo: the scenes first .. first + n - 1, first = demo_first_index(split_name,
+  first_index); a default range that would run into the next split's is refused.
+  """
   kind, _, rest = (spec or '').partition(':')
   ids, skipped = None, Skipped()
   if kind == 'folder':
@@ -141,8 +168,17 @@ def open_source(spec, *, data_dir=None, num_examples=None, demo_seed=0,
     n = min(n, limit) if limit else n
     if n <= 0:
       raise PrecomputeError(f'--num_examples={n}: the demo needs at least one scene')
-    src = Source('demo', f'demo(seed={demo_seed}, size={image_size})', n, True,
-                 demo_seed=demo_seed, image_size=image_size)
+    first = demo_first_index(split_name, first_index)
+    if first_index is None and n > demo_dataset.SPLIT_STRIDE:
+      raise PrecomputeError(
+          f'--num_examples={n}: split {split_name!r} starts at scene {first} and the'
+          f' next split {demo_dataset.SPLIT_STRIDE} scenes later; use at most'
+          f' {demo_dataset.SPLIT_STRIDE} scenes, or --demo_first_index')
+    # Train's description (first index 0) is the one runs had before splits.
+    where = f', first={first}' if first else ''
+    src = Source('demo', f'demo(seed={demo_seed}, size={image_size}{where})', n, True,
+                 has_classes=True, demo_seed=demo_seed, image_size=image_size,
+                 demo_first_index=first)
   else:
     raise PrecomputeError(f'--source={spec!r}: use folder:DIR, tfds:NAME:SPLIT'
                           ' (e.g. tfds:imagenet2012:train, tfds:coco/2017_panoptic:train)'
@@ -162,6 +198,22 @@ def _tfds_gt_kind(features):
       except (KeyError, TypeError):
         pass
   return ''
+
+
+def _has_panoptic_labels(features):
+  """True when a panoptic dataset lists each segment's id and category label.
+
+  TFDS's coco/2017_panoptic: panoptic_objects = Sequence({id: int64 (the
+  segment's panoptic id R + 256 G + 65536 B), label: ClassLabel(133), ...}).
+  """
+  if 'panoptic_objects' not in features.keys():
+    return False
+  inner = getattr(features['panoptic_objects'], 'feature', None)
+  try:
+    keys = inner.keys()
+  except AttributeError:
+    return False
+  return 'id' in keys and 'label' in keys
 
 
 def _open_tfds(rest, data_dir, limit):
@@ -202,6 +254,7 @@ def _open_tfds(rest, data_dir, limit):
   gt_kind = _tfds_gt_kind(features)
   builder_dir = os.fspath(builder.data_dir)
   return Source('tfds', f'tfds:{name}:{split} ({builder_dir})', n, bool(gt_kind),
+                has_classes=gt_kind == 'panoptic' and _has_panoptic_labels(features),
                 builder_dir=builder_dir, tfds_name=name, tfds_split=split,
                 gt_kind=gt_kind,
                 fingerprint=f'{name}:{builder.info.version}:{split}:{n}')
@@ -225,11 +278,13 @@ def iterate_items(source, positions, folder_ids=None):
     if not positions:
       return
     from data_pipeline import demo_dataset
+    first = source.demo_first_index
     scenes = demo_dataset.iterate_scenes(len(positions), seed=source.demo_seed,
-                                         size=source.image_size, start=positions.start)
-    for pos, (image_id, image, gt) in zip(positions, scenes):
-      yield Item(str(image_id), f'demo[{pos}]', lambda image=image: image,
-                 gt=lambda gt=gt: np.asarray(gt))
+                                         size=source.image_size,
+                                         start=first + positions.start, classes=True)
+    for pos, (image_id, image, gt, cls) in zip(positions, scenes):
+      yield Item(str(image_id), f'demo[{first + pos}]', lambda image=image: image,
+                 gt=lambda gt=gt: np.asarray(gt), classes=lambda cls=cls: cls)
   else:
     yield from _iterate_tfds(source, positions)
 
@@ -267,11 +322,15 @@ def _iterate_tfds(source, positions):
   for pos, ex in zip(positions, tfds.as_numpy(ds)):
     image_id = next((_text(ex[k]) for k in ('image/filename', 'file_name', 'filename')
                      if k in ex), _text(ex['tfds_id']))
-    gt = None
+    gt = classes = None
     if source.gt_kind == 'panoptic':
       gt = lambda png=ex['panoptic_image']: label_maps.panoptic_to_instances(png)
+      if source.has_classes:
+        objs = ex['panoptic_objects']
+        classes = (lambda png=ex['panoptic_image'], ids=objs['id'], labels=objs['label']:
+                   label_maps.panoptic_to_classes(png, ids, labels))
     elif source.gt_kind.startswith('objects/'):
       pngs = list(ex['objects'][source.gt_kind.split('/', 1)[1]])
       gt = lambda pngs=pngs: label_maps.png_masks_to_instances(pngs)
     yield Item(image_id, f'tfds:{source.tfds_name}:{source.tfds_split}[{pos}]',
-               lambda data=ex['image']: data, gt=gt)
+               lambda data=ex['image']: data, gt=gt, classes=classes)
