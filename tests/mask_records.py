@@ -82,3 +82,36 @@ def write_blocky_dataset(out_dir, *, num_examples, size, num_shards, seed=0):
     examples.append(dict(id=f'ex{i}', image=image.astype(np.uint8),
                          masks={'gt': gt.astype(np.int32)}))
   return write_mask_dataset(out_dir, examples, num_shards=num_shards)
+
+
+def demo_class_examples(num_examples, *, size=64, first_index=0, seed=0):
+  """Demo scenes with `gt` and the per-pixel class map `class` (probe tests).
+
+  Class ids as data_pipeline/demo_dataset.py defines them: 0 background,
+  1 + the object's shape kind (1 ellipse .. 5 star).
+  """
+  from data_pipeline import demo_dataset  # pylint: disable=g-import-not-at-top
+  examples = []
+  for i in range(first_index, first_index + num_examples):
+    image, gt, kinds = demo_dataset.generate_scene_with_classes(i, seed, size)
+    lut = np.concatenate([[0], np.asarray(kinds) + 1]).astype(np.int32)
+    examples.append(dict(id=demo_dataset.scene_id(i), image=image,
+                         masks={'gt': gt.astype(np.int32), 'class': lut[gt]}))
+  return examples
+
+
+def write_demo_class_dataset(out_dir, *, num_examples, size=64, split='train',
+                             first_index=0, num_shards=2, seed=0):
+  """Writes demo scenes with `gt` and `class` maps as one split of a dataset.
+
+  The manifest's source starts with 'demo' like the precompute's, so tools
+  name the demo classes.
+  """
+  manifest = write_mask_dataset(
+      out_dir, demo_class_examples(num_examples, size=size, first_index=first_index,
+                                   seed=seed),
+      num_shards=num_shards, split=split, write_manifest=False)
+  manifest['source'] = f'demo(seed={seed}, size={size})'
+  with open(os.path.join(out_dir, 'manifest.json'), 'w') as f:
+    json.dump(manifest, f, indent=1)
+  return manifest

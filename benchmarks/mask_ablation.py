@@ -1,0 +1,216 @@
+r"""DetCon's mask study in miniature (Hénaff et al. 2021, Sec. 4.3, Fig. 7).
+
+  python -m benchmarks.mask_ablation                    # the CPU study (about 3 h on 2 cores)
+  python -m benchmarks.mask_ablation --preset=gpu       # larger, for an accelerator
+  python -m benchmarks.mask_ablation --preset=smoke     # minutes: checks the mechanics
+
+On the demo scenes (data_pipeline/demo_dataset.py, which carry GT instances
+and a semantic class map): pretrains DetCon-S with masks of increasing
+quality -- a 1x1 grid (= SimCLR, the paper's orange point), 2x2 and 5x5
+grids, FH at two scales, GT -- plus BYOL and DetCon-B with FH (the paper's
+headline comparison), all with the same budget and for --seeds seeds; scores
+each encoder with the frozen-feature dense probe (dense_ssl/evaluate.py:
+per-pixel linear classifier on C4, mIoU on the held-out val scenes) next to
+the random-init floor; measures each mask set's Average Best Overlap with
+the GT instances (data_pipeline/mask_quality.py). Writes
+benchmarks/results/mask_ablation.md (the table: ABO, probe mIoU mean +-
+spread over seeds), .json (every number) and .png (Fig. 7 redrawn: x ABO,
+y probe mIoU, one point per mask set, SimCLR marked).
+
+The evaluation is fixed before any result is seen (probe protocol and its
+hyper-parameters below); nothing here is tuned to produce an ordering.
+Runs resume: a finished pretraining (its workdir says so) or probe (its
+JSON exists) is not redone, so an interrupted study continues where it was.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+from benchmarks import common
+
+_PRESET = flags.DEFINE_enum('preset', 'cpu', ['cpu', 'gpu', 'smoke'], 'Study size.')
+_SEEDS = flags.DEFINE_integer('seeds', None, 'Seeds per variant (default: the preset\'s).')
+_VARIANTS = flags.DEFINE_list('variants', None, 'Subset of variants (default: all).')
+_WORK = flags.DEFINE_string('work_dir', 'out/mask_ablation', 'Data, runs and probes.')
+_OUT = flags.DEFINE_string('out', 'benchmarks/results/mask_ablation', 'Result files prefix.')
+
+# Preset -> sizes. cpu: 16 pretrainings of ~9 min + probes on 2 cores.
+PRESETS = {
+    'smoke': dict(depth=10, image_size=64, batch_size=16, steps=4, train_scenes=64,
+                  val_scenes=32, seeds=1, probe_steps=20, probe_size=64, fh=(250, 500)),
+    'cpu': dict(depth=18, image_size=96, batch_size=32, steps=250, train_scenes=2000,
+                val_scenes=500, seeds=2, probe_steps=500, probe_size=128, fh=(250, 500)),
+    'gpu': dict(depth=50, image_size=160, batch_size=256, steps=2000, train_scenes=20000,
+                val_scenes=2000, seeds=3, probe_steps=1000, probe_size=160, fh=(250, 500)),
+}
+FH_MIN_SIZE = {250: 50, 500: 100}   # The demo's FH settings (launch/demo.sh).
+
+# name -> (config, data.mask, grid size or FH scale, the mask set it is plotted at)
+VARIANTS = {
+    'detcon_s_grid1': ('detcon_s', 'grid', 1, 'grid_1x1'),    # = SimCLR (orange).
+    'detcon_s_grid2': ('detcon_s', 'grid', 2, 'grid_2x2'),
+    'detcon_s_grid5': ('detcon_s', 'grid', 5, 'grid_5x5'),
+    'detcon_s_fh250': ('detcon_s', 'fh', 250, 'fh_s250_m50_sig0.8'),
+    'detcon_s_fh500': ('detcon_s', 'fh', 500, 'fh_s500_m100_sig0.8'),
+    'detcon_s_gt': ('detcon_s', 'gt', None, 'gt'),
+    'byol': ('byol', 'grid', 1, None),
+    'detcon_b_fh250': ('detcon_b', 'fh', 250, 'fh_s250_m50_sig0.8'),
+}
+
+
+def precompute(split, num, out_dir, fh):
+  """The demo scenes of `split` with FH, GT and class maps (resumes if there)."""
+  if os.path.exists(os.path.join(out_dir, 'manifest.json')):
+    return
+  cmd = [sys.executable, '-m', 'data_pipeline.precompute_masks', '--source=demo',
+         f'--split_name={split}', f'--num_examples={num}', f'--out_dir={out_dir}',
+         '--fh_scales=' + ','.join(str(s) for s in fh),
+         '--fh_min_sizes=' + ','.join(str(FH_MIN_SIZE[s]) for s in fh),
+         '--examples_per_shard=250']
+  subprocess.run(cmd, check=True)
+
+
+def variant_config(name, seed, p, data_dir):
+  import importlib  # pylint: disable=g-import-not-at-top
+  config_name, mask, arg, _ = VARIANTS[name]
+  c = importlib.import_module(f'configs.{config_name}').get_config('demo')
+  c.seed = seed
+  c.model.depth = p['depth']
+  c.data.update(dir=data_dir, image_size=p['image_size'], mask=mask)
+  if mask == 'grid':
+    c.data.grid_size = arg
+  elif mask == 'fh':
+    c.data.fh_scale = arg
+  c.batch_size = p['batch_size']
+  c.total_steps = p['steps']
+  c.warmup_epochs = 0.1 * p['steps'] * p['batch_size'] / p['train_scenes']
+  c.log_every_steps = max(1, p['steps'] // 10)
+  c.ckpt_every_steps = p['steps']
+  return c
+
+
+def pretrain(name, seed, p, data_dir, workdir):
+  from dense_ssl import train  # pylint: disable=g-import-not-at-top
+  t = time.perf_counter()
+  out = train.train_and_evaluate(variant_config(name, seed, p, data_dir), workdir)
+  return dict(seconds=time.perf_counter() - t,
+              final_loss=out['metrics'].get('train/loss') if out['metrics'] else None)
+
+
+def probe(p, train_dir, val_dir, seed, workdir=None):
+  """mIoU of the frozen-feature probe (C4) of a workdir's encoder, or of a random one."""
+  from dense_ssl import evaluate  # pylint: disable=g-import-not-at-top
+  out = os.path.join(workdir, 'probe_c4_online.json') if workdir else None
+  if out and os.path.exists(out):
+    with open(out) as f:
+      return json.load(f)
+  kw = dict(data_dir=train_dir, eval_data_dir=val_dir, feature='c4',
+            image_size=p['probe_size'], steps=p['probe_steps'], seed=seed)
+  if workdir:
+    return evaluate.evaluate_probe(workdir=workdir, out=out, **kw)
+  return evaluate.evaluate_probe(init='random', depth=p['depth'], width_multiplier=1,
+                                 write=False, **kw)
+
+
+def summarise(values):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  v = np.asarray(values, np.float64)
+  return dict(mean=float(v.mean()), min=float(v.min()), max=float(v.max()),
+              std=float(v.std(ddof=1)) if len(v) > 1 else 0.0, n=len(v))
+
+
+def plot(rows, floor, path):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(5.5, 4))
+  for r in rows:
+    if r['abo'] is None:
+      continue
+    m = r['miou']
+    simclr = r['variant'] == 'detcon_s_grid1'
+    colour = 'tab:orange' if simclr else ('tab:green' if r['config'] == 'detcon_b' else 'tab:blue')
+    ax.errorbar(r['abo'], m['mean'], yerr=[[m['mean'] - m['min']], [m['max'] - m['mean']]],
+                fmt='o', color=colour, capsize=3)
+    label = r['variant'].replace('detcon_s_', 'DetCon-S ').replace('detcon_b_', 'DetCon-B ')
+    ax.annotate('SimCLR (DetCon-S 1x1)' if simclr else label,
+                (r['abo'], m['mean']), textcoords='offset points', xytext=(4, 4), fontsize=7)
+  byol = [r for r in rows if r['variant'] == 'byol']
+  if byol:
+    ax.axhline(byol[0]['miou']['mean'], color='tab:purple', ls='--', lw=1, label='BYOL')
+  ax.axhline(floor['mean'], color='grey', ls=':', lw=1, label='random init')
+  ax.set_xlabel('mask quality: Average Best Overlap with GT instances')
+  ax.set_ylabel('frozen C4 linear probe mIoU (val)')
+  ax.set_title('DetCon Fig. 7 in miniature (demo scenes)')
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+def main(argv):
+  del argv
+  from data_pipeline import mask_quality, tf_setup  # pylint: disable=g-import-not-at-top
+  tf_setup.hide_accelerators()
+  p = dict(PRESETS[_PRESET.value])
+  seeds = list(range(_SEEDS.value or p['seeds']))
+  variants = _VARIANTS.value or list(VARIANTS)
+  unknown = sorted(set(variants) - set(VARIANTS))
+  if unknown:
+    raise app.UsageError(f'--variants: unknown {unknown}; choose from {list(VARIANTS)}')
+  work = os.path.abspath(os.path.join(_WORK.value, _PRESET.value))
+  train_dir, val_dir = os.path.join(work, 'data', 'train'), os.path.join(work, 'data', 'val')
+  t_start = time.perf_counter()
+  precompute('train', p['train_scenes'], train_dir, p['fh'])
+  precompute('val', p['val_scenes'], val_dir, p['fh'])
+  abo = {r['name']: r['abo'] for r in mask_quality.measure(train_dir, grids=(1, 2, 5))['rows']}
+
+  floor = summarise([probe(p, train_dir, val_dir, s)['miou'] for s in seeds])
+  rows = []
+  for name in variants:
+    runs = []
+    for seed in seeds:
+      workdir = os.path.join(work, 'runs', f'{name}_seed{seed}')
+      run = pretrain(name, seed, p, train_dir, workdir)
+      result = probe(p, train_dir, val_dir, seed, workdir)
+      runs.append(dict(run, seed=seed, miou=result['miou'],
+                       pixel_accuracy=result['pixel_accuracy']))
+      print(f'{name} seed {seed}: probe mIoU {result["miou"]:.4f}', flush=True)
+    config_name, mask, _, mask_set = VARIANTS[name]
+    rows.append(dict(variant=name, config=config_name, mask=mask, mask_set=mask_set,
+                     abo=abo.get(mask_set) if mask_set else None,
+                     miou=summarise([r['miou'] for r in runs]), runs=runs))
+  wall = time.perf_counter() - t_start
+
+  lines = [f'# DetCon mask study in miniature (preset {_PRESET.value})', '',
+           common.machine_line(),
+           f'ResNet-{p["depth"]}, {p["image_size"]} px views, batch {p["batch_size"]}, '
+           f'{p["steps"]} steps per pretraining, {p["train_scenes"]} train / '
+           f'{p["val_scenes"]} val demo scenes, seeds {seeds}; probe: frozen C4, '
+           f'linear, {p["probe_steps"]} Adam steps, {p["probe_size"]} px, mIoU on val. '
+           f'Wall time {wall / 60:.1f} min.', '',
+           '| variant | masks | ABO | probe mIoU mean | min | max | n |',
+           '|---|---|---|---|---|---|---|',
+           f'| random init (floor) | - | - | {floor["mean"]:.4f} | {floor["min"]:.4f} | '
+           f'{floor["max"]:.4f} | {floor["n"]} |']
+  for r in rows:
+    m = r['miou']
+    abo_s = f'{r["abo"]:.3f}' if r['abo'] is not None else '-'
+    lines.append(f'| {r["variant"]} | {r["mask_set"] or "-"} | {abo_s} | {m["mean"]:.4f} | '
+                 f'{m["min"]:.4f} | {m["max"]:.4f} | {m["n"]} |')
+  os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)
+  common.write_table('\n'.join(lines) + '\n', _OUT.value + '.md')
+  with open(_OUT.value + '.json', 'w') as f:
+    json.dump(dict(preset=_PRESET.value, sizes=p, seeds=seeds, abo=abo, floor=floor,
+                   rows=rows, wall_seconds=wall), f, indent=1)
+  plot(rows, floor, _OUT.value + '.png')
+  print('written:', _OUT.value + '.{md,json,png}')
+
+
+if __name__ == '__main__':
+  app.run(main)
