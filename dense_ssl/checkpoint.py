@@ -13,6 +13,16 @@ Orbax writes each step to a temporary folder and renames it when complete
 (atomic), in a background thread (async), and keeps the last N. Every
 process calls save/restore: with several hosts orbax coordinates them.
 
+A complete step can still be damaged afterwards (a truncated array file, a
+deleted _METADATA). `Checkpointer.restore_newest` then names the step and
+the file, moves the step folder aside into `checkpoints_corrupt/<step>.<time>`
+(never deletes it) and falls back to the newest step that restores; with
+several processes they all take the same decision (each tries the same step,
+the verdicts are all-gathered, and process 0 moves the folder). A checkpoint
+that reads fine but does not fit this run's TrainState (another optimiser,
+another method) is not damaged: that is `RunMismatchError`, and
+`config_differences` says which config keys differ from config.json.
+
 Tools that read a finished run (dense_ssl.convert, dense_ssl.flip_test) need no
 model: `restore_encoder` restores the state's raw tree and takes the encoder
 from where the TrainState always keeps it:
@@ -25,8 +35,12 @@ from where the TrainState always keeps it:
 
 import dataclasses
 import json
+import logging as py_logging
 import os
-from typing import Any, Dict, List, Mapping, Optional
+import re
+import sys
+import time
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 import warnings
 
 from absl import logging
@@ -36,11 +50,174 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 STATE_ITEM = 'state'  # the orbax item of the TrainState (Checkpointer.save)
+META_ITEM = 'meta'
 NETWORKS = ('online', 'target')
+CORRUPT_DIR = 'checkpoints_corrupt'  # damaged steps are moved here, never deleted
 
 
 def checkpoint_dir(workdir):
   return os.path.join(workdir, 'checkpoints')
+
+
+class CheckpointError(RuntimeError):
+  """A workdir cannot give what was asked; the message says what to do."""
+
+
+class RunMismatchError(ValueError):
+  """A readable checkpoint whose TrainState does not fit this run's."""
+
+  def __init__(self, step, detail):
+    self.step, self.detail = step, detail
+    super().__init__(f'the checkpoint of step {step} does not fit this run\'s '
+                     f'TrainState ({detail})')
+
+
+# ----------------------------------------------------------------------------
+# Damaged checkpoints: what is wrong, in one line; no asyncio noise.
+# ----------------------------------------------------------------------------
+
+_NOISE_FILTER_INSTALLED = False
+
+
+def _is_read_failure_echo(text):
+  return any(s in text for s in ('OCDBT', 'TensorStore', 'reading array index'))
+
+
+class _AsyncioEchoFilter(py_logging.Filter):
+  """Drops asyncio's 'Future exception was never retrieved' for failed array reads."""
+
+  def filter(self, record):
+    message = record.getMessage()
+    return not (message.startswith('Future exception was never retrieved')
+                and _is_read_failure_echo(message))
+
+
+def quiet_closed_loop_noise():
+  """Drops the echoes of a failed restore, which the caller reports in one line.
+
+  When one array read of an orbax restore fails, orbax's event loop ends
+  while tensorstore still completes the other reads: each completion then
+  reports 'RuntimeError: Event loop is closed' through sys.unraisablehook,
+  orbax's abandoned read coroutines report their own errors the same way,
+  and asyncio logs 'Future exception was never retrieved' for each: hundreds
+  of traceback lines after the real error. Only those reports are dropped.
+  """
+  global _NOISE_FILTER_INSTALLED
+  if _NOISE_FILTER_INSTALLED:
+    return
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    value = unraisable.exc_value
+    code = getattr(unraisable.object, 'cr_code', None)
+    if isinstance(value, RuntimeError) and str(value) == 'Event loop is closed':
+      return
+    if code is not None and '/orbax/' in code.co_filename and _is_read_failure_echo(
+        str(value)):
+      return
+    previous(unraisable)
+
+  sys.unraisablehook = hook
+  py_logging.getLogger('asyncio').addFilter(_AsyncioEchoFilter())
+  _NOISE_FILTER_INSTALLED = True
+
+
+def _chain(error):
+  """The exception and its causes/contexts, outermost first."""
+  seen = []
+  while error is not None and error not in seen:
+    seen.append(error)
+    error = error.__cause__ or error.__context__
+  return seen
+
+
+def describe_restore_failure(error: BaseException, step_dir) -> str:
+  """One line: which file of the step folder is damaged, and how."""
+  step_dir = str(step_dir).rstrip('/')
+  rel = lambda path: os.path.relpath(str(path), step_dir) if '://' not in step_dir else str(path)
+  text = '\n'.join(str(e) for e in _chain(error))
+  # A deleted/missing metadata file (orbax: "... (named _METADATA) does not exist at DIR").
+  m = re.search(r'named (\w+)\) does not exist at (\S+?)\.?$', text, re.M)
+  if m:
+    return f'{rel(os.path.join(m[2], m[1]))} is missing'
+  # A truncated array file (tensorstore, OCDBT): the value's size names the file.
+  m = re.search(r'Error reading "([^"/]+)[^"]*" in OCDBT database at local file "([^"]+)"'
+                r'.*?is not valid for value of size (\d+)', text, re.S)
+  if m:
+    array, database, size = m[1], m[2], int(m[3])
+    culprits = []
+    for root, _, files in os.walk(database):
+      culprits += [os.path.join(root, f) for f in files
+                   if os.path.getsize(os.path.join(root, f)) == size]
+    where = (f'{rel(culprits[0])} is truncated ({size} bytes)' if len(culprits) == 1
+             else f'an array file under {rel(database)} is truncated ({size} bytes)')
+    return f'{where}: reading array {array} goes past its end'
+  for e in _chain(error):
+    if isinstance(e, FileNotFoundError) and getattr(e, 'filename', None):
+      return f'{rel(e.filename)} is missing'
+  innermost = _chain(error)[-1]
+  error = innermost if str(innermost).strip() else error
+  first = str(error).strip().splitlines()[0] if str(error).strip() else ''
+  if len(first) > 300:
+    first = first[:300] + '...'
+  return f'{type(error).__name__}: {first}'
+
+
+def _key_name(k):
+  for attr in ('key', 'name', 'idx'):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def _leaf_shapes(tree) -> Dict[str, Tuple[int, ...]]:
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {'/'.join(_key_name(k) for k in path): tuple(getattr(leaf, 'shape', ()))
+          for path, leaf in leaves}
+
+
+def structure_difference(saved_tree, target) -> Optional[str]:
+  """None if the saved metadata tree has the target's leaves and shapes, else a line."""
+  saved, wanted = _leaf_shapes(saved_tree), _leaf_shapes(target)
+  only_saved = sorted(set(saved) - set(wanted))
+  only_wanted = sorted(set(wanted) - set(saved))
+  if only_saved or only_wanted:
+    parts = []
+    if only_saved:
+      parts.append(f'{len(only_saved)} arrays only in the checkpoint, e.g. {only_saved[0]}')
+    if only_wanted:
+      parts.append(f'{len(only_wanted)} only in this run, e.g. {only_wanted[0]}')
+    return '; '.join(parts)
+  shapes = [k for k in sorted(wanted) if saved[k] != wanted[k]]
+  if shapes:
+    k = shapes[0]
+    return (f'{len(shapes)} arrays have other shapes, e.g. {k}: {saved[k]} in the '
+            f'checkpoint, {wanted[k]} now')
+  return None
+
+
+def _flatten_config(tree, prefix='config'):
+  out = {}
+  if isinstance(tree, Mapping):
+    for k, v in tree.items():
+      out.update(_flatten_config(v, f'{prefix}.{k}'))
+  else:
+    out[prefix] = tuple(tree) if isinstance(tree, list) else tree
+  return out
+
+
+def config_differences(old: Optional[Mapping], config) -> List[str]:
+  """`config.key: OLD in the checkpoint's run, NEW now` for every differing key."""
+  if old is None:
+    return []
+  new = json.loads(config.to_json_best_effort())
+  a, b = _flatten_config(old), _flatten_config(new)
+  lines = []
+  for key in sorted(set(a) | set(b)):
+    if a.get(key, '<absent>') != b.get(key, '<absent>'):
+      lines.append(f'{key}: {a.get(key, "<absent>")!r} in the checkpoint\'s run, '
+                   f'{b.get(key, "<absent>")!r} now')
+  return lines
 
 
 class Checkpointer:
@@ -59,6 +236,116 @@ class Checkpointer:
 
   def all_steps(self):
     return list(self.manager.all_steps())
+
+  # --------------------------------------------------- restore, or fall back --
+
+  _OK, _MISMATCH, _CORRUPT = 0, 1, 2
+
+  def _try_step(self, step, target_state):
+    """(verdict, detail, (state, meta) or None) of restoring `step` on this process.
+
+    Item handlers, not the manager: no cross-process barrier inside, so a
+    process whose read fails cannot leave the others waiting in one.
+    """
+    step_dir = epath.Path(self.directory) / str(step)
+    quiet_closed_loop_noise()
+    warnings.filterwarnings('ignore', message='Sharding info not provided')
+    handler = ocp.StandardCheckpointHandler()
+    try:
+      try:
+        saved = handler.metadata(step_dir / STATE_ITEM)
+      except Exception as e:  # pylint: disable=broad-except
+        return self._CORRUPT, describe_restore_failure(e, step_dir), None
+      difference = structure_difference(getattr(saved, 'tree', saved), target_state)
+      if difference:
+        return self._MISMATCH, difference, None
+      try:
+        state = handler.restore(step_dir / STATE_ITEM,
+                                args=ocp.args.StandardRestore(target_state))
+        meta_handler = ocp.JsonCheckpointHandler()
+        try:
+          meta = meta_handler.restore(step_dir / META_ITEM, args=ocp.args.JsonRestore())
+        finally:
+          meta_handler.close()
+      except Exception as e:  # pylint: disable=broad-except
+        return self._CORRUPT, describe_restore_failure(e, step_dir), None
+    finally:
+      handler.close()
+    return self._OK, '', (state, dict(meta or {}))
+
+  @staticmethod
+  def _worst_over_processes(verdict):
+    if jax.process_count() == 1:
+      return verdict
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return int(np.max(multihost_utils.process_allgather(np.int32(verdict))))
+
+  def set_aside(self, step) -> str:
+    """Moves checkpoints/<step> to checkpoints_corrupt/<step>.<time> (process 0).
+
+    Every process must call it (it is a collective); returns the new path.
+    """
+    source = epath.Path(self.directory) / str(step)
+    stamp = int(time.time())
+    if jax.process_count() > 1:  # One name on every process: process 0's clock.
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      stamp = int(multihost_utils.broadcast_one_to_all(np.int64(stamp)))
+    target = (epath.Path(self.directory).parent / CORRUPT_DIR /
+              f'{step}.{time.strftime("%Y%m%dT%H%M%S", time.gmtime(stamp))}')
+    error = ''
+    if jax.process_index() == 0:
+      try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source.rename(target)
+      except Exception as e:  # pylint: disable=broad-except
+        error = f'{type(e).__name__}: {e}'
+    ok = not error
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      ok = bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
+    if not ok:
+      raise CheckpointError(
+          f'{source} cannot be restored and could not be moved aside to {target}'
+          f' ({error or "see process 0"}); move it out of {self.directory} by hand '
+          '(keep it for inspection) and run again.')
+    self.manager.reload()   # Orbax must no longer list (or garbage-collect) it.
+    return str(target)
+
+  def restore_newest(self, target_state, log=logging.warning):
+    """Restores the newest step that restores; damaged newer ones are set aside.
+
+    Returns (step, state, meta, skipped) with skipped = [(step, reason,
+    moved_to)] of the damaged steps (newest first). Raises RunMismatchError
+    when a readable checkpoint does not fit `target_state` (another
+    optimiser, another method: falling back would not help), and
+    CheckpointError when no step restores (nothing is moved then).
+    """
+    failed = []
+    for step in sorted(self.all_steps(), reverse=True):
+      verdict, detail, restored = self._try_step(step, target_state)
+      agreed = self._worst_over_processes(verdict)
+      if agreed == self._OK:
+        break
+      if agreed == self._MISMATCH:
+        raise RunMismatchError(step, detail or 'another process found a mismatch')
+      detail = detail or 'another process could not read it'
+      log(f'checkpoint of step {step} cannot be restored: {detail} '
+          f'({self.directory}/{step})')
+      failed.append((step, detail))
+    else:
+      listing = '; '.join(f'step {s}: {d}' for s, d in failed)
+      raise CheckpointError(
+          f'no checkpoint in {self.directory} restores ({listing}). Nothing was '
+          'moved: inspect them, move them away to start over from step 0, or use '
+          'another --workdir.')
+    skipped = []
+    for bad, detail in failed:
+      moved = self.set_aside(bad)
+      log(f'moved the damaged checkpoint of step {bad} aside to {moved} (kept, '
+          'not deleted)')
+      skipped.append((bad, detail, moved))
+    state, meta = restored
+    return step, state, meta, skipped
 
   def save(self, step, state, meta):
     """Starts saving (returns at once when async); force: ignore intervals."""
@@ -90,7 +377,12 @@ def save_config(workdir, config):
 
 
 def check_config_matches(workdir, config):
-  """Refuses to resume a workdir of another run: other objectives or weights, model, batch."""
+  """Refuses to resume a workdir of another run: other objectives or weights, model, batch.
+
+  Only meaningful when the workdir holds checkpoints: the trainer calls it
+  then only (a config.json left by a start that failed before its first
+  checkpoint binds nothing).
+  """
   path = epath.Path(workdir) / 'config.json'
   if not path.exists():
     return
@@ -116,10 +408,6 @@ def check_config_matches(workdir, config):
 # ----------------------------------------------------------------------------
 # Reading a finished run without the model (converter, flip test).
 # ----------------------------------------------------------------------------
-
-
-class CheckpointError(RuntimeError):
-  """A workdir cannot give what was asked; the message says what to do."""
 
 
 def read_config(workdir) -> Optional[Dict[str, Any]]:
@@ -153,6 +441,8 @@ class RestoredEncoder:
   fpn: Optional[Dict[str, Any]]  # FPN params (ReSim-FPN), None if none
   state: Dict[str, Any]        # the whole restored TrainState, nested dicts
                                # (sequences keyed '0', '1', ...): for listings
+  # Newer steps that could not be restored, newest first: [(step, reason)].
+  skipped: List[Tuple[int, str]] = dataclasses.field(default_factory=list)
 
   @property
   def params_path(self) -> str:
@@ -203,8 +493,11 @@ def restore_encoder(workdir, step: Optional[int] = None,
 
   The state item is restored as saved, without a target tree (so without the
   model or the method), onto the host as numpy arrays, whatever devices or
-  sharding wrote it. Raises CheckpointError with a one-line message when the
-  workdir has no checkpoint, the step does not exist, or the network does not.
+  sharding wrote it. With step None a damaged latest checkpoint (truncated
+  array file, missing _METADATA) is skipped for the newest one that restores;
+  the result's `skipped` says which and why. Raises CheckpointError with a
+  one-line message when the workdir has no checkpoint, the step does not
+  exist or cannot be restored, or the network does not exist.
   """
   if network not in NETWORKS:
     raise ValueError(f'network={network!r}: choose one of {NETWORKS}.')
@@ -216,25 +509,50 @@ def restore_encoder(workdir, step: Optional[int] = None,
         f'--workdir={workdir}: no checkpoints found (no numbered step folders '
         f'in {checkpoint_dir(workdir)}). Train first, or point --workdir at a '
         'training run.')
-  if step is None:
-    step = steps[-1]
-  elif step not in steps:
+  if step is not None and step not in steps:
     raise CheckpointError(
         f'--step={step}: no such checkpoint in {checkpoint_dir(workdir)}; '
         f'available: {steps}.')
-  path = epath.Path(checkpoint_dir(workdir)) / str(step) / STATE_ITEM
-  state = _restore_raw_tree(path)
+  skipped = []
+  for candidate in ([step] if step is not None else steps[::-1]):
+    step_dir = epath.Path(checkpoint_dir(workdir)) / str(candidate)
+    try:
+      state = _restore_raw_tree(step_dir / STATE_ITEM)
+      step = candidate
+      break
+    except DamagedCheckpointError as e:
+      if step is not None:
+        others = [s for s in steps if s != step]
+        raise CheckpointError(
+            f'--step={step}: the checkpoint cannot be restored: {e.detail} '
+            f'({step_dir}); other steps: {others or "none"}.') from e
+      skipped.append((candidate, e.detail))
+  else:
+    listing = '; '.join(f'step {s}: {d}' for s, d in skipped)
+    raise CheckpointError(f'no checkpoint in {checkpoint_dir(workdir)} can be '
+                          f'restored ({listing}).')
   run_name = None
   if network == 'target' and not state.get('target_params'):
     config = read_config(workdir) or {}
     # configs/<name>.py's name; older runs saved it as `method`.
     run_name = config.get('name') or config.get('method')
-  return RestoredEncoder.from_state(state, network, step, run_name=run_name)
+  encoder = RestoredEncoder.from_state(state, network, step, run_name=run_name)
+  encoder.skipped = skipped
+  return encoder
+
+
+class DamagedCheckpointError(CheckpointError):
+  """A checkpoint item that cannot be read; `detail` names the file."""
+
+  def __init__(self, path, detail):
+    self.path, self.detail = str(path), detail
+    super().__init__(f'{path}: cannot be restored: {detail}')
 
 
 def _restore_raw_tree(path: epath.Path) -> Dict[str, Any]:
   """An orbax pytree item as nested dicts of host numpy arrays."""
   warnings.filterwarnings('ignore', message='Sharding info not provided')
+  quiet_closed_loop_noise()
   # The item handler, not a Checkpointer: a Checkpointer expects its own
   # _CHECKPOINT_METADATA in the item folder (the manager writes it one level
   # up) and warns.
@@ -252,9 +570,7 @@ def _restore_raw_tree(path: epath.Path) -> Dict[str, Any]:
     restored = handler.restore(
         path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
   except Exception as e:  # pylint: disable=broad-except
-    raise CheckpointError(
-        f'{path}: orbax could not restore this checkpoint item '
-        f'({type(e).__name__}: {e}).') from e
+    raise DamagedCheckpointError(path, describe_restore_failure(e, path.parent)) from e
   finally:
     handler.close()
   return _to_numpy_tree(restored)

@@ -25,9 +25,13 @@ is printed and written to OUT.txt. --verify (on by default when torch is
 importable) runs the Flax encoder and the converted torchvision network (for
 Detectron2 files: after renaming back) on one random batch and fails when
 C2..C5 differ beyond float32 tolerance (dense_ssl/export/verify.py).
-Exit status 0 on success, 1 with `dense_ssl.convert: ERROR: ...` on stderr.
+Exit status 0 on success, 1 with `dense_ssl.convert: ERROR: ...` on stderr
+(one line; --verbose adds the traceback). A damaged latest checkpoint (a
+truncated array file, a deleted _METADATA) is skipped with one line naming
+it, for the newest checkpoint that restores (--step=N chooses one).
 """
 
+import os
 import sys
 
 # The PyPI torch wheel bundles triton, whose native library segfaults the
@@ -76,6 +80,23 @@ _RTOL = flags.DEFINE_float(
 _IMAGE_SIZE = flags.DEFINE_integer('verify_image_size', 128,
                                    'Side of the random verification images.')
 _BATCH = flags.DEFINE_integer('verify_batch', 2, 'Verification batch size.')
+_VERBOSE = flags.DEFINE_bool('verbose', False,
+                             'Print the traceback of a refusal too.')
+
+
+def check_out(out: str) -> None:
+  """Refuses an --out the converter could not write, before any work."""
+  if not out:
+    raise ConversionError('--out is empty: give the file to write, e.g. '
+                          '--out=model.pth.')
+  if os.path.isdir(out):
+    raise ConversionError(
+        f'--out={out} is a directory: give the file to write, e.g. '
+        f'--out={os.path.join(out, "model.pth")}.')
+  parent = os.path.dirname(os.path.abspath(out))
+  if not os.path.isdir(parent):
+    raise ConversionError(f'--out={out}: the folder {parent} does not exist; '
+                          'create it first.')
 
 
 def convert(workdir: str, to: str, out: str, *, step: Optional[int] = None,
@@ -93,6 +114,7 @@ def convert(workdir: str, to: str, out: str, *, step: Optional[int] = None,
   if drop_fc and to != 'torchvision':
     raise ConversionError('--drop_fc only applies to --to=torchvision '
                           '(Detectron2 files never hold fc).')
+  check_out(out)
   if verify is None:
     verify = torchvision_format.torch_available()
     if not verify:
@@ -104,6 +126,10 @@ def convert(workdir: str, to: str, out: str, *, step: Optional[int] = None,
     config = checkpoint.read_config(workdir)
   except checkpoint.CheckpointError as e:
     raise ConversionError(str(e)) from e
+  for bad, reason in encoder.skipped:
+    log(f'dense_ssl.convert: step {bad} cannot be restored ({reason}); using '
+        f'step {encoder.step}, the newest checkpoint that restores (--step=N to '
+        'choose; the trainer moves damaged steps aside when it resumes).')
   declared = conversion.declared_architecture(config, workdir)
   if declared is None:
     log(f'note: {workdir}/config.json has no model.depth: the architecture '
@@ -146,6 +172,8 @@ def main(argv):
             rtol=_RTOL.value, image_size=_IMAGE_SIZE.value,
             batch_size=_BATCH.value)
   except ConversionError as e:
+    if _VERBOSE.value:
+      logging.error('traceback of the refusal below', exc_info=True)
     print(f'dense_ssl.convert: ERROR: {e}', file=sys.stderr)
     sys.exit(1)
 

@@ -99,6 +99,10 @@ def run(workdir, data_dir, *, step=None, network='online', feature='c5',
   from dense_ssl import checkpoint  # pylint: disable=g-import-not-at-top
   from dense_ssl.models import resnet  # pylint: disable=g-import-not-at-top
   encoder = checkpoint.restore_encoder(workdir, step, network)
+  for bad, reason in encoder.skipped:  # A damaged latest checkpoint: say so.
+    print(f'flip_test: step {bad} cannot be restored ({reason}); using step '
+          f'{encoder.step}, the newest checkpoint that restores (--step=N to choose)',
+          file=sys.stderr)
   model_config = (checkpoint.read_config(workdir) or {}).get('model') or {}
   if model_config.get('depth') is None:
     raise ValueError(f'{workdir}/config.json has no model.depth: cannot build the encoder')

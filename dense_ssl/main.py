@@ -13,10 +13,18 @@ need nothing else; on GPU clusters also --coordinator_address,
 --num_processes, --process_id, or the SLURM/Open MPI environment that
 jax.distributed.initialize() detects). Each process reads its own shards of
 the mask dataset; only process 0 writes config.json and TensorBoard logs.
+A finished run waits (up to --shutdown_timeout_s) for every process to
+finish before it leaves the distributed service, so all exit 0.
+
+Errors: a mistake of the user (a config key typo, a bad value, a missing
+dataset, a workdir of another run, ...) prints `dense_ssl.main: ERROR: ...`
+naming the flag or config key, exit status 1, no traceback (--verbose shows
+it); unexpected exceptions (bugs) keep their traceback.
 """
 
 import logging as py_logging
 import os
+import re
 import sys
 
 from absl import app
@@ -48,7 +56,89 @@ _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
     'restart ALL processes, which resume from the latest checkpoint. Also '
     'how long the others take to notice. 100 is JAX\'s default; lower it to '
     'fail faster, but keep it well above any pause of a busy host.')
+_SHUTDOWN_TIMEOUT = flags.DEFINE_integer(
+    'shutdown_timeout_s', 600,
+    'Several processes: how long a process that has finished waits for the '
+    'others to finish too (and JAX\'s shutdown barrier waits), so that a '
+    'process finishing well after another does not make it fail.')
+_VERBOSE = flags.DEFINE_bool(
+    'verbose', False, 'Print the traceback of user errors too (config, data, '
+    'workdir problems); by default they are one line each.')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+PROG = 'dense_ssl.main'
+
+
+def fail(message, code=1):
+  """Prints `dense_ssl.main: ERROR: message` on stderr and exits."""
+  print(f'{PROG}: ERROR: {message}', file=sys.stderr)
+  sys.exit(code)
+
+
+def _override_naming(key, argv):
+  """The --config.* argument that names config key part `key`, if any."""
+  for arg in argv:
+    if arg.startswith('--config.'):
+      path = arg[len('--'):].split('=', 1)[0]
+      if key in path.split('.'):
+        return arg.split('=', 1)[0]
+  return None
+
+
+def _last_line(error):
+  lines = [l.strip() for l in str(error).splitlines() if l.strip()]
+  return lines[-1] if lines else type(error).__name__
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with config mistakes as one line (app.run's parser).
+
+  ml_collections raises a bare AttributeError/KeyError for a misspelt
+  --config.* key (a 46-line traceback); this names the key instead.
+  """
+  verbose = any(a in ('--verbose', '--verbose=true', '--verbose=True', '--verbose=1')
+                for a in argv)
+  try:
+    rest = flags.FLAGS(argv)
+    try:  # A config file that fails to load is only reported on first use.
+      _CONFIG.value.get('name')
+    except (OSError, AttributeError) as e:
+      if verbose:
+        raise
+      config_arg = next((a for a in argv if a.startswith('--config=')), '--config')
+      fail(f'{config_arg}: cannot load the config file: {_last_line(e)}')
+    return rest
+  except flags.Error as e:
+    if verbose:
+      raise
+    text = str(e)
+    if 'Traceback (most recent call last)' in text:  # The config file raised.
+      text = f'{text.splitlines()[0].rstrip(":")}: {_last_line(text)}'
+    print(f'{PROG}: ERROR: {text}\nPass --helpshort or --helpfull to see help on flags.',
+          file=sys.stderr)
+    sys.exit(1)
+  except (AttributeError, KeyError) as e:
+    if verbose:
+      raise
+    inner = e   # AttributeError(KeyError("'key'\nDid you mean ...")) -> the text
+    while inner.args and isinstance(inner.args[0], BaseException):
+      inner = inner.args[0]
+    text = inner.args[0] if inner.args and isinstance(inner.args[0], str) else str(inner)
+    match = re.match(r"^'([^']+)'", text)
+    key = match[1] if match else None
+    suggestion = re.search(r'Did you mean "([^"]+)"', text)
+    flag = _override_naming(key, argv[1:]) if key else None
+    hint = f' (did you mean {suggestion[1]!r}?)' if suggestion else ''
+    if flag:
+      fail(f'{flag}: config.{flag[len("--config."):]} is not a config key{hint}; '
+           'see the config file for the keys there are.')
+    fail(f'a --config.* override names no config key: {text.splitlines()[0]}{hint}')
+  except Exception as e:  # pylint: disable=broad-except
+    # The config file itself (--config=FILE:PRESET) failed to load, e.g. an
+    # unknown preset.
+    if verbose:
+      raise
+    fail(f'--config: {type(e).__name__}: {e} (--verbose shows the traceback)')
 
 
 class _QuietLibraries(py_logging.Filter):
@@ -92,12 +182,54 @@ def join_processes_or_explain():
       time.sleep(1)
 
 
+def finish_processes(jax, timeout_s):
+  """Several processes: wait for all of them, then leave the service together.
+
+  Pending checkpoint writes are done (the trainer closes its checkpointer).
+  A barrier of the coordination service with a generous timeout lets a
+  process that finishes late (a slow or loaded host) catch up; then every
+  process shuts down its client at about the same time, well within JAX's
+  shutdown barrier (--shutdown_timeout_s too).
+  """
+  if jax.process_count() == 1:
+    return
+  logging.info('waiting up to %d s (--shutdown_timeout_s) for all %d processes to '
+               'finish', timeout_s, jax.process_count())
+  from dense_ssl import train  # pylint: disable=g-import-not-at-top
+  try:
+    train.wait_for_all_processes('dense_ssl_main_finished', timeout_s)
+  except Exception as e:  # pylint: disable=broad-except
+    fail(f'process {jax.process_index()} finished, but not all '
+         f'{jax.process_count()} processes did within --shutdown_timeout_s='
+         f'{timeout_s} ({type(e).__name__}: {_last_line(e)}); the checkpoints '
+         'are complete: check the other processes\' logs.')
+  logging.info('all %d processes finished', jax.process_count())
+  jax.distributed.shutdown()
+
+
+def user_errors():
+  """Exception types that are the user's to fix: one line, no traceback."""
+  from dense_ssl import checkpoint  # pylint: disable=g-import-not-at-top
+  from dense_ssl import train  # pylint: disable=g-import-not-at-top
+  tf = tf_setup.hide_accelerators()
+  return (train.NonFiniteLossError, checkpoint.CheckpointError, ValueError,
+          FileNotFoundError, NotADirectoryError, PermissionError,
+          tf.errors.DataLossError)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   # TF serves tf.data only: it must never claim accelerator memory.
   tf_setup.hide_accelerators()
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  config = _CONFIG.value
+  # Every problem of the config at once, before joining other processes or
+  # touching devices (each process checks the same config the same way).
+  from dense_ssl import config_check  # pylint: disable=g-import-not-at-top
+  problems = config_check.problems(config)
+  if problems:
+    fail(str(config_check.ConfigError(problems)))
   import jax  # pylint: disable=g-import-not-at-top
   if _MULTIHOST.value or _COORDINATOR.value:
     join_processes_or_explain()
@@ -105,24 +237,29 @@ def main(argv):
                                num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value,
                                initialization_timeout=_DIST_TIMEOUT.value,
-                               heartbeat_timeout_seconds=_HEARTBEAT_TIMEOUT.value)
+                               heartbeat_timeout_seconds=_HEARTBEAT_TIMEOUT.value,
+                               shutdown_timeout_seconds=_SHUTDOWN_TIMEOUT.value)
   from dense_ssl import train  # pylint: disable=g-import-not-at-top
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)
   logging.info('JAX %s: %d processes, %d devices (%d local): %s', jax.__version__,
                jax.process_count(), jax.device_count(), jax.local_device_count(),
                jax.devices()[0].device_kind)
-  config = _CONFIG.value
   try:
     result = train.train_and_evaluate(config, _WORKDIR.value)
-  except (train.NonFiniteLossError, ValueError, FileNotFoundError) as e:
-    logging.exception('stopping: %s', e)
-    print(f'ERROR: {e}', file=sys.stderr)
-    sys.exit(1)
+  except user_errors() as e:
+    if _VERBOSE.value:
+      logging.exception('stopping: %s', e)
+    message = str(e)
+    if not (_VERBOSE.value or '\n' in message
+            or isinstance(e, (config_check.ConfigError, train.NonFiniteLossError))):
+      message += ' (--verbose shows the traceback)'
+    fail(message)
+  finish_processes(jax, _SHUTDOWN_TIMEOUT.value)
   if result.get('finished'):
     print(f'finished: step {result["step"]}; checkpoints in '
           f'{os.path.join(_WORKDIR.value, "checkpoints")}')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

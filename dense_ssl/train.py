@@ -32,6 +32,7 @@ import optax
 
 from data_pipeline import input_pipeline
 from dense_ssl import checkpoint as ckpt_lib
+from dense_ssl import config_check
 from dense_ssl import method as method_lib
 from dense_ssl import optim
 from dense_ssl import state as state_lib
@@ -122,6 +123,22 @@ def init_state(method, tx, config, sample_batch, mesh):
   init = jax.jit(lambda r, b: state_lib.create_train_state(method, tx, r, b),
                  out_shardings=repl)
   return init(rng, sample)
+
+
+COMPILE_WAIT_S = 3600  # How long a process waits for the others to compile.
+
+
+def wait_for_all_processes(name, timeout_s):
+  """A barrier of JAX's coordination service (no device collective)."""
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  client = distributed.global_state.client
+  if client is not None:
+    client.wait_at_barrier(name, int(timeout_s * 1000))
+  else:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
 
 
 def check_processes_agree(config):
@@ -238,6 +255,24 @@ class Progress:
     return scalars
 
 
+def mismatch_message(error, directory, previous_config, config):
+  """What differs between the checkpoint's run and this one, key by key."""
+  differences = ckpt_lib.config_differences(previous_config, config)
+  if previous_config is None:
+    which = ('the workdir has no config.json of the run that wrote it, so the '
+             'differing config keys cannot be listed')
+  elif differences:
+    shown = differences[:12]
+    more = len(differences) - len(shown)
+    which = ('config keys that differ from the checkpoint\'s run (config.json):\n  '
+             + '\n  '.join(shown) + (f'\n  ... and {more} more' if more else ''))
+  else:
+    which = 'config.json lists no differing key'
+  return (f'{directory}/{error.step} was written by a run with another TrainState '
+          f'({error.detail}): resume with that run\'s settings, or use a new '
+          f'--workdir; {which}')
+
+
 def train_and_evaluate(config, workdir, *, stop_after_steps=None):
   """Trains config.objectives until the last step, resuming from workdir.
 
@@ -251,16 +286,15 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
     finished=bool).
   """
   # ------------------------------------------------------------- setup ---
+  # Every problem of the config at once, before anything starts.
+  config_check.validate(config, num_devices=jax.device_count())
   if '://' not in workdir:  # Orbax wants absolute local paths (gs:// as is).
     workdir = os.path.abspath(workdir)
   is_chief = jax.process_index() == 0
   check_processes_agree(config)
   mesh = make_mesh()
   num_devices = jax.device_count()
-  if config.batch_size % num_devices:
-    raise ValueError(f'config.batch_size={config.batch_size} is not divisible by '
-                     f'the {num_devices} devices; choose a multiple of {num_devices}.')
-  method = method_lib.Method(config)   # Validates config.objectives first.
+  method = method_lib.Method(config)
 
   manifest = input_pipeline.read_manifest(config.data.dir)
   num_examples = int(manifest['num_examples'])
@@ -270,50 +304,84 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
   tx = optim.make_optimizer(config, schedule)
 
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-  ckpt_lib.check_config_matches(workdir, config)
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
-  start_step = checkpointer.latest_step() or 0
-  if start_step >= total_steps:
-    logging.info('training is finished: %s has the checkpoint of step %d of %d; '
-                 'nothing to do (use a new --workdir to train again).',
-                 checkpointer.directory, start_step, total_steps)
-    checkpointer.close()
-    return dict(step=start_step, metrics={}, state=None, finished=True)
-  if is_chief:
-    ckpt_lib.save_config(workdir, config)
-  logging.info('%s (%s): %d examples, global batch %d over %d devices (%d processes): '
-               '%d steps (%.1f epochs), %d warmup; peak LR %.4g', config.name,
-               ' + '.join(f'{w:g} x {n}' for n, w in method.weights.items()),
-               num_examples, config.batch_size, num_devices, jax.process_count(),
-               total_steps, total_steps / steps_per_epoch, warmup_steps,
-               optim.peak_learning_rate(config))
+  setup_done = False
+  try:  # Whatever stops the start closes the checkpointer (no orbax threads left).
+    # config.json binds a workdir only once it holds checkpoints: a start that
+    # failed before its first checkpoint leaves nothing a corrected run must match.
+    previous_config = None
+    if checkpointer.all_steps():
+      ckpt_lib.check_config_matches(workdir, config)
+      previous_config = ckpt_lib.read_config(workdir)
+    start_step = checkpointer.latest_step() or 0
+    if start_step >= total_steps:
+      logging.info('training is finished: %s has the checkpoint of step %d of %d; '
+                   'nothing to do (use a new --workdir to train again).',
+                   checkpointer.directory, start_step, total_steps)
+      return dict(step=start_step, metrics={}, state=None, finished=True)
+    logging.info('%s (%s): %d examples, global batch %d over %d devices (%d processes): '
+                 '%d steps (%.1f epochs), %d warmup; peak LR %.4g', config.name,
+                 ' + '.join(f'{w:g} x {n}' for n, w in method.weights.items()),
+                 num_examples, config.batch_size, num_devices, jax.process_count(),
+                 total_steps, total_steps / steps_per_epoch, warmup_steps,
+                 optim.peak_learning_rate(config))
 
-  # -------------------------------------------------------------- data ---
-  # A function of (seed, step): restarting at start_step replays the batches.
-  batches = input_pipeline.make_pretrain_iterator(
-      config.data, global_batch_size=config.batch_size, seed=config.seed,
-      start_step=start_step, process_index=jax.process_index(),
-      process_count=jax.process_count(), num_local_devices=jax.local_device_count())
-  first = next(batches)
+    # -------------------------------------------------------------- data ---
+    # A function of (seed, step): restarting at start_step replays the batches.
+    def batches_from(step):
+      return input_pipeline.make_pretrain_iterator(
+          config.data, global_batch_size=config.batch_size, seed=config.seed,
+          start_step=step, process_index=jax.process_index(),
+          process_count=jax.process_count(), num_local_devices=jax.local_device_count())
 
-  # ------------------------------------------------- state, or resume ---
-  state = init_state(method, tx, config, first, mesh)
-  logging.info('parameters: online %s, target %s',
-               f'{state_lib.num_params(state.online_params):,}',
-               f'{state_lib.num_params(state.target_params):,}')
-  if start_step:
-    logging.info('resuming from step %d (%s)', start_step, checkpointer.directory)
-    state, meta = checkpointer.restore(start_step, state)
-    if int(meta.get('data_step', start_step)) != start_step:
-      raise ValueError(f'{checkpointer.directory}/{start_step}: data position '
-                       f'{meta["data_step"]} does not match the step')
-  else:
-    logging.info('starting from scratch in %s', workdir)
+    batches = batches_from(start_step)
+    first = next(batches)
+
+    # ------------------------------------------------- state, or resume ---
+    state = init_state(method, tx, config, first, mesh)
+    logging.info('parameters: online %s, target %s',
+                 f'{state_lib.num_params(state.online_params):,}',
+                 f'{state_lib.num_params(state.target_params):,}')
+    if start_step:
+      try:
+        restored_step, state, meta, skipped = checkpointer.restore_newest(state)
+      except ckpt_lib.RunMismatchError as e:
+        raise ValueError(mismatch_message(e, checkpointer.directory, previous_config,
+                                          config)) from e
+      if skipped:
+        logging.warning('falling back to step %d, the newest checkpoint that restores '
+                        '(damaged: %s)', restored_step,
+                        ', '.join(f'step {s}' for s, _, _ in skipped))
+      if restored_step != start_step:  # The data position follows the step.
+        start_step = restored_step
+        batches = batches_from(start_step)
+        first = next(batches)
+      logging.info('resuming from step %d (%s)', start_step, checkpointer.directory)
+      if int(meta.get('data_step', start_step)) != start_step:
+        raise ValueError(f'{checkpointer.directory}/{start_step}: data position '
+                         f'{meta["data_step"]} does not match the step')
+    else:
+      logging.info('starting from scratch in %s', workdir)
+    if is_chief:  # Once the run is known to fit the workdir.
+      ckpt_lib.save_config(workdir, config)
+    setup_done = True
+  finally:
+    if not setup_done:
+      checkpointer.close()
 
   # ----------------------------------------------------- compiled step ---
   train_step = compile_train_step(method, tx, schedule, total_steps,
                                   config.ema.base, mesh,
                                   config.ema.get('schedule', 'cosine'))
+  if jax.process_count() > 1:
+    # Compile first, then meet: the first collective of the step gives every
+    # process only 30 s to join (gloo on CPU), and one host can finish
+    # compiling much later than another (a loaded machine).
+    t0 = time.perf_counter()
+    train_step = train_step.lower(state, global_batch(first, mesh)).compile()
+    logging.info('compiled the step in %.1fs; waiting for the other processes',
+                 time.perf_counter() - t0)
+    wait_for_all_processes('dense_ssl_step_compiled', COMPILE_WAIT_S)
 
   def save(step):
     checkpointer.save(step, state, dict(

@@ -8,13 +8,15 @@ runs S DetCon-B train steps (configs/detcon_b.py:test) on a fixed global
 batch, each process feeding only its own devices' slice of it, and writes
 the loss and the replicated online parameters as this process sees them.
 
-  python -m tests.multiprocess_worker --record=FILE.npz MAIN_FLAGS...
+  python -m tests.multiprocess_worker --record=FILE.npz [--late_exit_s=S] MAIN_FLAGS...
 
 Runs the trainer's entry point (dense_ssl.main, same flags) unchanged, with
-two test hooks: every process logs at INFO (main.py quiets processes > 0,
-and the tests read "resuming from step N" from each), and when training
-returns, FILE.npz gets the final step, the last logged loss and the online
-parameters as THIS process holds them.
+test hooks: every process logs at INFO (main.py quiets processes > 0, and
+the tests read "resuming from step N" from each); when training returns,
+FILE.npz gets the final step, the last logged loss and the online
+parameters as THIS process holds them; with --late_exit_s this process
+then sleeps S seconds before main.py goes on to its end (a process that
+finishes well after the others).
 """
 
 import os
@@ -48,16 +50,23 @@ def run(steps):
       (local_devices, 2) + v.shape[1:]) for k, v in batch.items()}
   state = train.init_state(method, tx, config, local, mesh)
   step = train.compile_train_step(method, tx, schedule, 10, config.ema.base, mesh)
+  batch = train.global_batch(local, mesh)
+  # Compile first, then meet: gloo gives a process 30 s to join the first
+  # collective, and a loaded machine can compile one process that much later.
+  step = step.lower(state, batch).compile()
+  if jax.process_count() > 1:
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top
+    distributed.global_state.client.wait_at_barrier('worker_compiled', 600_000)
   losses = []
   for _ in range(steps):
-    state, metrics = step(state, train.global_batch(local, mesh))
+    state, metrics = step(state, batch)
     losses.append(float(np.asarray(metrics['loss'].addressable_data(0))))
   flat = {'/'.join(str(k.key) for k in path): np.asarray(x.addressable_data(0))
           for path, x in jax.tree_util.tree_leaves_with_path(state.online_params)}
   return losses, flat
 
 
-def record_main(out, main_flags):
+def record_main(out, main_flags, late_exit_s=0.0):
   """dense_ssl.main with `main_flags`; saves this process's final state to out."""
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import logging  # pylint: disable=g-import-not-at-top
@@ -76,15 +85,23 @@ def record_main(out, main_flags):
                   result['state'].online_params)}
       np.savez(out, step=result['step'],
                loss=result['metrics'].get('train/loss', np.nan), **flat)
+    if late_exit_s:
+      logging.info('test hook: finishing %.0f s late', late_exit_s)
+      import time  # pylint: disable=g-import-not-at-top
+      time.sleep(late_exit_s)
     return result
 
   train.train_and_evaluate = recorded
-  app.run(entry.main, argv=['dense_ssl.main'] + list(main_flags))
+  app.run(entry.main, argv=['dense_ssl.main'] + list(main_flags),
+          flags_parser=entry.parse_flags)
 
 
 def main(argv):
   if argv[1].startswith('--record='):
-    return record_main(argv[1].split('=', 1)[1], argv[2:])
+    late, rest = 0.0, argv[2:]
+    if rest and rest[0].startswith('--late_exit_s='):
+      late, rest = float(rest[0].split('=', 1)[1]), rest[1:]
+    return record_main(argv[1].split('=', 1)[1], rest, late)
   args = dict(a.lstrip('-').split('=', 1) for a in argv[1:])
   os.environ['XLA_FLAGS'] = (
       f'--xla_force_host_platform_device_count={args["devices"]}')

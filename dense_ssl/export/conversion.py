@@ -228,9 +228,10 @@ def listing(export: Export, out: str, encoder: Any) -> str:
   else:
     dropped = [n for n in torchvision_format.expected_torchvision_shapes(
         export.arch) if n.startswith('fc.') or n.endswith('num_batches_tracked')]
-    lines.append(f'not written for Detectron2: {len(dropped)} torchvision-only '
-                 'keys (fc.*: no classifier in a backbone; *.num_batches_'
-                 'tracked: not a Detectron2 parameter).')
+    lines.append(f'not written for Detectron2: {len(dropped)} torchvision keys '
+                 '(fc.*: no classifier in a backbone; *.num_batches_tracked: BN '
+                 'step counters, not weights: FrozenBN has none, and a BN/SyncBN '
+                 'layer keeps its own, which torch creates at 0).')
     lines.append('Detectron2 config keys for this backbone (the '
                  'detectron2_configs/ files set them for R50; '
                  'launch/detectron2_eval.sh derives them from the .pkl):')

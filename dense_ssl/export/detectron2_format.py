@@ -13,8 +13,10 @@ lands in `backbone.bottom_up.res2.0.conv1.weight` (FPN models) and
   layer{N}.{i}.bn{K}.*          -> res{N+1}.{i}.conv{K}.norm.*
   layer{N}.{i}.downsample.0.*   -> res{N+1}.{i}.shortcut.*
   layer{N}.{i}.downsample.1.*   -> res{N+1}.{i}.shortcut.norm.*
-  fc.*, *.num_batches_tracked   -> dropped (no Detectron2 counterpart;
-                                   FrozenBatchNorm2d has no such buffer)
+  fc.*, *.num_batches_tracked   -> dropped (fc: no classifier in a backbone;
+                                   num_batches_tracked: a BN step counter, not
+                                   a weight: FrozenBatchNorm2d has none, and a
+                                   BN/SyncBN layer keeps its own, created at 0)
 
 FPN (a Flax FPN as ReSim's, layout documented in `flax_fpn_to_detectron2`):
   fpn/lateral_{k}/kernel, bias  -> fpn_lateral{k}.weight, bias   (k = 2..5)
@@ -105,7 +107,8 @@ def torchvision_to_detectron2(
     if name.startswith('fc.'):
       skipped.append((name, 'classifier: Detectron2 backbones have no fc'))
     elif name.endswith('.num_batches_tracked'):
-      skipped.append((name, 'BN step counter: not a Detectron2 parameter'))
+      skipped.append((name, 'BN step counter, not a weight: FrozenBN has none; '
+                            'BN/SyncBN layers keep their own (0 at build)'))
     else:
       out[torchvision_to_detectron2_name(name)] = np.asarray(value)
   return out, skipped

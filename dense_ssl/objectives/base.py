@@ -28,6 +28,13 @@ Interface (class attributes and methods; all optional but `name` and `loss`):
   init_pools(batch) the same, for init (shapes only, no mapped axis)
   init_state(rng)  its part of TrainState.method_state
   loss(ctx, plan, state) -> (loss, metrics, new_state)
+  validate(config) -> [problem lines] (classmethod): its subtree's values out
+                   of range, or what it needs elsewhere in the config; one
+                   line per problem naming the full key
+                   (`config.objectives.<name>.<key>=<value>: must be ...`),
+                   via `check`. Called for active objectives before anything
+                   starts (dense_ssl/config_check.py); the base class checks
+                   every `temperature` / `*_temperature` > 0.
 
 `ctx` (Context) holds the network outputs of the passes the objectives
 read (None elsewhere) and the batch. Everything runs inside the per-device
@@ -35,6 +42,8 @@ step with the mapped axis AXIS bound.
 """
 
 import dataclasses
+import math
+import numbers
 import zlib
 from typing import Any, Optional, Tuple
 
@@ -66,6 +75,39 @@ class Context:
 def objective_config(weight=0.0, **hyper):
   """An objective's config subtree: `weight` (0 = off) and its hyper-parameters."""
   return ml_collections.ConfigDict(dict(weight=float(weight), **hyper))
+
+
+# rule -> (test, words): the ranges `check` knows.
+_RULES = {
+    '> 0': (lambda v: v > 0, 'must be > 0'),
+    '>= 0': (lambda v: v >= 0, 'must be >= 0'),
+    '>= 1': (lambda v: v >= 1, 'must be >= 1'),
+    'in [0, 1]': (lambda v: 0 <= v <= 1, 'must be in [0, 1]'),
+    'in [0, 1)': (lambda v: 0 <= v < 1, 'must be in [0, 1)'),
+    'in (0, 1]': (lambda v: 0 < v <= 1, 'must be in (0, 1]'),
+}
+
+
+def is_number(value, integer=False):
+  """A finite int/float (not bool); with integer, an int."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    return False
+  if integer:
+    return isinstance(value, numbers.Integral)
+  return math.isfinite(float(value))
+
+
+def check(key, value, rule, *, integer=False):
+  """[] or one problem line `config.<key>=<value>: must be <rule>`.
+
+  `key` is the dotted path under config (e.g. 'objectives.detcon.num_samples');
+  `rule` one of _RULES ('> 0', '>= 0', '>= 1', 'in [0, 1]', 'in [0, 1)',
+  'in (0, 1]'); integer: the value must also be an int.
+  """
+  test, words = _RULES[rule]
+  if not is_number(value, integer) or not test(value):
+    return [f'config.{key}={value!r}: {words}' + (' (an integer)' if integer else '')]
+  return []
 
 
 class Objective:
@@ -102,6 +144,19 @@ class Objective:
 
   def loss(self, ctx, plan, state):
     raise NotImplementedError
+
+  @classmethod
+  def validate(cls, config):
+    """Problems of config.objectives.<name> (one line each; [] if none).
+
+    Overrides call super().validate(config) and add their own checks.
+    """
+    c = config.objectives[cls.name]
+    problems = []
+    for key in c:
+      if key == 'temperature' or key.endswith('_temperature'):
+        problems += check(f'objectives.{cls.name}.{key}', c[key], '> 0')
+    return problems
 
 
 # ------------------------------------------------------ per-device helpers ---

@@ -84,6 +84,26 @@ class CLoVE(base.Objective):
                        f'config.objectives.clove.attention_heads={self.c.attention_heads} '
                        '(the NMHSA splits the channels over the heads)')
 
+  @classmethod
+  def validate(cls, config):
+    c, p = config.objectives.clove, 'objectives.clove'
+    problems = (super().validate(config)
+                + base.check(f'{p}.t_pos', c.t_pos, '> 0')
+                + base.check(f'{p}.top_k', c.top_k, '>= 1', integer=True)
+                + base.check(f'{p}.margin', c.margin, '>= 0')
+                + base.check(f'{p}.lam', c.lam, '>= 0')
+                + base.check(f'{p}.hidden', c.hidden, '>= 1', integer=True)
+                + base.check(f'{p}.dim', c.dim, '>= 1', integer=True))
+    heads_problems = base.check(f'{p}.attention_heads', c.attention_heads, '>= 0',
+                                integer=True)
+    problems += heads_problems
+    if (not heads_problems and c.attention_heads and base.is_number(c.dim, True)
+        and c.dim % c.attention_heads):
+      problems.append(f'config.{p}.dim={c.dim}: must be a multiple of '
+                      f'config.{p}.attention_heads={c.attention_heads} (the NMHSA '
+                      'splits the channels over the heads)')
+    return problems
+
   def heads(self, feats, *, train, online, dtype, bn_axis_name):
     out = {'dense': heads.MLPHead(int(self.c.hidden), int(self.c.dim), final_bn=True,
                                   dtype=dtype, bn_axis_name=bn_axis_name,

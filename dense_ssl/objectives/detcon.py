@@ -29,6 +29,7 @@ from dense_ssl.objectives import base
 from dense_ssl.ops import mask_pool as mp
 
 C5_STRIDE = 32
+MASK_KINDS = ('fh', 'gt', 'user', 'grid')  # config.data.mask (input_pipeline)
 
 
 def default_config(preset):
@@ -67,6 +68,17 @@ class DetCon(base.Objective):
     self.uses_predictor = not shared
     if shared:
       self.passes = frozenset({(base.ONLINE, 0), (base.ONLINE, 1)})
+
+  @classmethod
+  def validate(cls, config):
+    problems = super().validate(config)
+    problems += base.check('objectives.detcon.num_samples',
+                           config.objectives.detcon.num_samples, '>= 1', integer=True)
+    mask = config.data.get('mask')
+    if mask not in MASK_KINDS:
+      problems.append(f'config.data.mask={mask!r}: DetCon (config.objectives.detcon) '
+                      f'pools features over masks: choose one of {"|".join(MASK_KINDS)}')
+    return problems
 
   def plan(self, batch, rng):
     k = self.c.num_samples

@@ -43,6 +43,13 @@ class LC(base.Objective):
   name = 'lc'
   passes = frozenset({(base.TARGET, 0), (base.ONLINE, 1)})
 
+  @classmethod
+  def validate(cls, config):
+    c = config.objectives.lc
+    return (super().validate(config)
+            + base.check('objectives.lc.local_hidden', c.local_hidden, '>= 0', integer=True)
+            + base.check('objectives.lc.local_dim', c.local_dim, '>= 1', integer=True))
+
   def heads(self, feats, *, train, online, dtype, bn_axis_name):
     del online
     m = self.config.model

@@ -43,6 +43,17 @@ class MoCo(base.Objective):
       raise ValueError(f'config.objectives.moco.queue_size={size} must be a multiple of '
                        f'config.batch_size={batch} (the queue takes whole global batches)')
 
+  @classmethod
+  def validate(cls, config):
+    c, key = config.objectives.moco, 'objectives.moco.queue_size'
+    problems = super().validate(config) + base.check(key, c.queue_size, '>= 1',
+                                                     integer=True)
+    batch = config.get('batch_size')
+    if not problems and base.is_number(batch, True) and batch > 0 and c.queue_size % batch:
+      problems.append(f'config.{key}={c.queue_size}: must be a multiple of '
+                      f'config.batch_size={batch} (the queue takes whole global batches)')
+    return problems
+
   def pools(self, plan, view):
     return {'global': base.global_pool}
 

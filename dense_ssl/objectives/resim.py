@@ -82,6 +82,18 @@ class ReSim(base.Objective):
                        f'of {sorted(LEVELS)}')
     self.levels = LEVELS[self.c.variant]
 
+  @classmethod
+  def validate(cls, config):
+    c, p = config.objectives.resim, 'objectives.resim'
+    problems = super().validate(config)
+    if c.variant not in LEVELS:
+      problems.append(f'config.{p}.variant={c.variant!r}: choose one of '
+                      f'{"|".join(sorted(LEVELS))}')
+    return (problems
+            + base.check(f'{p}.negative_kernel', c.negative_kernel, '>= 1', integer=True)
+            + base.check(f'{p}.region_dim', c.region_dim, '>= 0', integer=True)
+            + base.check(f'{p}.fpn_dim', c.fpn_dim, '>= 1', integer=True))
+
   def heads(self, feats, *, train, online, dtype, bn_axis_name):
     del online
     maps = dict(feats)

@@ -91,6 +91,21 @@ class SCRL(base.Objective):
   name = 'scrl'
   uses_predictor = True
 
+  @classmethod
+  def validate(cls, config):
+    c, p = config.objectives.scrl, 'objectives.scrl'
+    problems = (super().validate(config)
+                + base.check(f'{p}.num_boxes', c.num_boxes, '>= 1', integer=True)
+                + base.check(f'{p}.min_box_size', c.min_box_size, '>= 0')
+                + base.check(f'{p}.box_iou_threshold', c.box_iou_threshold, 'in (0, 1]')
+                + base.check(f'{p}.sampling_ratio', c.sampling_ratio, '>= 0', integer=True))
+    size = config.data.get('image_size')
+    if (base.is_number(c.min_box_size) and base.is_number(size)
+        and c.min_box_size >= size > 0):
+      problems.append(f'config.{p}.min_box_size={c.min_box_size!r}: must be smaller '
+                      f'than config.data.image_size={size} (0: 32 px at 224 px)')
+    return problems
+
   def _pool(self, boxes):
     size = self.config.data.image_size
     return box_pool(boxes, sampling_ratio=int(self.c.sampling_ratio) or max(1, size // 32),

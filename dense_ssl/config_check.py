@@ -1,0 +1,303 @@
+"""Checks a pretraining config before anything starts; reports every problem at once.
+
+  problems = config_check.problems(config)          # [] when the config is fine
+  config_check.validate(config)                     # raises ConfigError listing them
+
+One line per problem, each naming the full config key and what to do:
+
+  config.optimizer.base_lr=-0.5: must be > 0
+  config.data.image_size=72: must be a multiple of 32 (the ResNet's C5 stride), e.g. 64
+  config.data.fh_scale=1000: the mask dataset '/data/masks' holds FH scales [500.0] only; ...
+
+What is checked: the optimiser (learning rate > 0, weight decay >= 0, ...),
+the EMA, the schedule and batch, the model, the data (image sizes the ResNet
+can take, crop ranges, every probability in [0, 1], ...), the objectives
+(unknown names, weights, at most one global objective) and each ACTIVE
+objective's own subtree through its `validate` hook
+(`Objective.validate` of dense_ssl/objectives/base.py, overridden in the objective's
+file: adding an objective stays one file). With `check_data` (default), the
+mask dataset at config.data.dir is read (its manifest only) and the masks the
+config asks for (data.mask, data.fh_scale) must be stored there.
+
+dense_ssl.main calls it before joining other processes or touching devices or
+data; dense_ssl.train.train_and_evaluate calls it first thing too (also with
+the device count).
+"""
+
+from dense_ssl import objectives as objectives_lib
+from dense_ssl import optim
+from dense_ssl.models import resnet
+from dense_ssl.objectives.base import check
+from dense_ssl.objectives.base import is_number
+
+VIEW_MODES = ('crop', 'color_only')          # data_pipeline.input_pipeline
+MASK_KINDS = ('fh', 'gt', 'user', 'grid')
+DTYPES = ('float32', 'bfloat16', 'float16')
+C5_STRIDE = 32
+
+
+class ConfigError(ValueError):
+  """The config has problems; `problems` holds one line each."""
+
+  def __init__(self, problems):
+    self.problems = list(problems)
+    n = len(self.problems)
+    super().__init__(
+        f'the config has {n} problem{"s" * (n != 1)} (fix the --config.* '
+        'overrides or the config file):\n' + '\n'.join(f'  {p}' for p in self.problems))
+
+
+def _value(config, dotted, default=None):
+  node = config
+  for part in dotted.split('.'):
+    try:
+      node = node[part]
+    except (KeyError, TypeError, AttributeError):
+      return default
+  return node
+
+
+def _pair(key, value, *, low, high=None, what='range'):
+  """A (lo, hi) range: two numbers, lo <= hi, both > low (and <= high)."""
+  try:
+    lo, hi = value
+  except (TypeError, ValueError):
+    return [f'config.{key}={value!r}: must be a pair (lo, hi)']
+  if not (is_number(lo) and is_number(hi)):
+    return [f'config.{key}={value!r}: must be a pair of numbers (lo, hi)']
+  if lo > hi:
+    return [f'config.{key}={value!r}: {what} is not ordered: needs lo <= hi']
+  if lo <= low or (high is not None and hi > high):
+    bounds = f'in ({low:g}, {high:g}]' if high is not None else f'> {low:g}'
+    return [f'config.{key}={value!r}: both ends must be {bounds}']
+  return []
+
+
+def _choice(key, value, choices):
+  if value not in choices:
+    return [f'config.{key}={value!r}: choose one of {"|".join(map(str, choices))}']
+  return []
+
+
+def _image_size(key, value):
+  if not is_number(value, integer=True) or value <= 0:
+    return [f'config.{key}={value!r}: must be a positive multiple of {C5_STRIDE}']
+  if value % C5_STRIDE:
+    lower = max(C5_STRIDE, value // C5_STRIDE * C5_STRIDE)
+    return [f'config.{key}={value}: must be a multiple of {C5_STRIDE} (the ResNet\'s '
+            f'C5 stride), e.g. {lower} or {lower + C5_STRIDE}']
+  return []
+
+
+def _training_problems(config, num_devices):
+  p = []
+  batch = config.get('batch_size')
+  p += check('batch_size', batch, '>= 1', integer=True)
+  if num_devices and not p and batch % num_devices:
+    p.append(f'config.batch_size={batch}: must be divisible by the {num_devices} '
+             f'devices; choose a multiple of {num_devices}')
+  total_steps = config.get('total_steps', 0)
+  p += check('total_steps', total_steps, '>= 0', integer=True)
+  if is_number(total_steps) and total_steps == 0:
+    p += check('total_epochs', config.get('total_epochs'), '> 0')
+  p += check('warmup_epochs', config.get('warmup_epochs', 0.0), '>= 0')
+  for key in ('log_every_steps', 'ckpt_every_steps', 'keep_checkpoints'):
+    if key in config:
+      p += check(key, config[key], '>= 1', integer=True)
+  if 'seed' in config and not is_number(config.seed, integer=True):
+    p.append(f'config.seed={config.seed!r}: must be an integer')
+
+  o = config.get('optimizer') or {}
+  p += _choice('optimizer.name', o.get('name'), optim.OPTIMIZERS)
+  p += check('optimizer.base_lr', o.get('base_lr'), '> 0')
+  p += check('optimizer.weight_decay', o.get('weight_decay'), '>= 0')
+  if o.get('name') in ('lars', 'sgd'):
+    p += check('optimizer.momentum', o.get('momentum'), 'in [0, 1)')
+  if o.get('name') == 'lars':
+    p += check('optimizer.eta', o.get('eta'), '> 0')
+  if o.get('name') == 'adamw':
+    p += check('optimizer.b1', o.get('b1'), 'in [0, 1)')
+    p += check('optimizer.b2', o.get('b2'), 'in [0, 1)')
+
+  ema = config.get('ema') or {}
+  p += check('ema.base', ema.get('base'), 'in [0, 1]')
+  p += _choice('ema.schedule', ema.get('schedule', 'cosine'), optim.EMA_SCHEDULES)
+
+  m = config.get('model') or {}
+  p += _choice('model.depth', m.get('depth'), sorted(resnet.RESNET_SPECS))
+  for key in ('width_multiplier', 'projector_hidden', 'projector_dim', 'predictor_hidden'):
+    p += check(f'model.{key}', m.get(key), '>= 1', integer=True)
+  p += _choice('model.dtype', m.get('dtype', 'float32'), DTYPES)
+  return p
+
+
+def _data_problems(config):
+  d = config.get('data') or {}
+  p = []
+  p += _image_size('data.image_size', d.get('image_size'))
+  modes = d.get('view_modes', ('crop', 'crop'))
+  if isinstance(modes, str) or len(modes) < 2:
+    p.append(f'config.data.view_modes={modes!r}: give (at least) two views, e.g. '
+             "('crop', 'crop')")
+    n_views = 2
+  else:
+    n_views = len(modes)
+    for i, mode in enumerate(modes):
+      if mode not in VIEW_MODES:
+        p.append(f'config.data.view_modes={tuple(modes)!r}: entry {i} ({mode!r}) must '
+                 f'be one of {"|".join(VIEW_MODES)}')
+  if d.get('view_sizes') is not None:
+    for i, size in enumerate(d.view_sizes):
+      p += _image_size(f'data.view_sizes[{i}]', size)
+  p += _pair('data.crop_area', d.get('crop_area', (0.08, 1.0)), low=0, high=1,
+             what='the area range')
+  if d.get('view_crop_areas') is not None:
+    for i, area in enumerate(d.view_crop_areas):
+      p += _pair(f'data.view_crop_areas[{i}]', area, low=0, high=1,
+                 what='the area range')
+  p += _pair('data.crop_aspect', d.get('crop_aspect', (3 / 4, 4 / 3)), low=0,
+             what='the aspect-ratio range')
+  p += _pair('data.blur_sigma', d.get('blur_sigma', (0.1, 2.0)), low=0,
+             what='the sigma range')
+  for key in ('color_jitter_prob', 'grayscale_prob'):
+    if key in d:
+      p += check(f'data.{key}', d[key], 'in [0, 1]')
+  for key in ('blur_prob', 'solarize_prob'):
+    if key not in d:
+      continue
+    values = d[key]
+    if is_number(values):
+      values = (values,) * n_views
+    try:
+      values = tuple(values)
+    except TypeError:
+      p.append(f'config.data.{key}={d[key]!r}: give one probability per view')
+      continue
+    if len(values) < n_views:
+      p.append(f'config.data.{key}={values!r}: has {len(values)} entries for '
+               f'{n_views} views (config.data.view_modes); give one per view')
+    for i, v in enumerate(values):
+      p += check(f'data.{key}[{i}]', v, 'in [0, 1]')
+  for key in ('brightness', 'contrast', 'saturation'):
+    if key in d:
+      p += check(f'data.{key}', d[key], '>= 0')
+  if 'hue' in d and not (is_number(d.hue) and 0 <= d.hue <= 0.5):
+    p.append(f'config.data.hue={d.hue!r}: must be in [0, 0.5]')
+  mask = d.get('mask', 'fh')
+  p += _choice('data.mask', mask, MASK_KINDS)
+  if mask == 'grid':
+    p += check('data.grid_size', d.get('grid_size'), '>= 1', integer=True)
+  if mask == 'fh':
+    scale = d.get('fh_scale', 1000)
+    if not (is_number(scale) and (scale > 0 or scale == -1)):
+      p.append(f'config.data.fh_scale={scale!r}: must be a stored FH scale (> 0), or -1 '
+               '(one stored scale per example)')
+  for key in ('shuffle_buffer', 'file_parallel_reads'):
+    if key in d:
+      p += check(f'data.{key}', d[key], '>= 1', integer=True)
+  return p
+
+
+def _objective_problems(config):
+  subtrees = config.get('objectives') or {}
+  registry = objectives_lib.REGISTRY
+  p = []
+  unknown = sorted(set(subtrees) - set(registry))
+  for name in unknown:
+    p.append(f'config.objectives.{name}: unknown objective; known: '
+             f'{"|".join(sorted(registry))}')
+  active = []
+  for name in registry:
+    if name not in subtrees:
+      continue
+    weight = _value(subtrees[name], 'weight')
+    bad = check(f'objectives.{name}.weight', weight, '>= 0')
+    if bad:
+      p += [bad[0] + ' (0 = off)']
+    elif weight:
+      active.append(name)
+  if not active and not p:
+    p.append('config.objectives: every weight is 0; give at least one objective a '
+             'weight, e.g. --config.objectives.byol.weight=1.0')
+  globals_on = [n for n in active if registry[n][0].is_global]
+  if len(globals_on) > 1:
+    p.append(f'config.objectives: {len(globals_on)} global objectives are on '
+             f'({", ".join(globals_on)}); at most one: set the weight of the others to 0')
+  for name in active:
+    p += registry[name][0].validate(config)
+  return p
+
+
+def _dataset_problems(config):
+  """The masks the config asks for, against the dataset's manifest."""
+  # Imported here: it brings TensorFlow, which the pure checks do not need.
+  from data_pipeline import input_pipeline  # pylint: disable=g-import-not-at-top
+  d = config.get('data') or {}
+  data_dir = d.get('dir', '')
+  if not data_dir:
+    return [f'config.data.dir={data_dir!r}: set it to a mask dataset directory (written '
+            'by python -m data_pipeline.precompute_masks)']
+  try:
+    if not input_pipeline.tf.io.gfile.isdir(data_dir):
+      return [f'config.data.dir={data_dir!r}: no such directory; point it at a mask '
+              'dataset (written by python -m data_pipeline.precompute_masks)']
+    manifest = input_pipeline.read_manifest(data_dir)
+  except (ValueError, OSError) as e:
+    return [f'config.data.dir={data_dir!r}: {e}']
+  except Exception as e:  # pylint: disable=broad-except  # tf.errors on gs://
+    return [f'config.data.dir={data_dir!r}: cannot read its manifest.json '
+            f'({type(e).__name__}: {e})']
+  p = []
+  if not int(manifest.get('num_examples', 0) or 0):
+    p.append(f'config.data.dir={data_dir!r}: the mask dataset has no examples')
+  split = d.get('split', 'train')
+  if manifest.get('split', split) != split:
+    p.append(f'config.data.split={split!r}: {data_dir} holds split '
+             f'{manifest["split"]!r}')
+  stored = list(manifest.get('mask_names', []))
+  mask = d.get('mask', 'fh')
+  if mask in ('gt', 'user') and mask not in stored:
+    p.append(f'config.data.mask={mask!r}: the mask dataset {data_dir!r} stores no '
+             f'{mask!r} map (it stores {stored}); choose one of those, or grid, or '
+             f'recompute the dataset with {"GT" if mask == "gt" else "user"} masks')
+  elif mask == 'fh':
+    fh = input_pipeline.stored_fh_maps(manifest)
+    scale = d.get('fh_scale', 1000)
+    scales = sorted({e[0] for e in fh})
+    if not fh:
+      p.append(f'config.data.mask=\'fh\': the mask dataset {data_dir!r} stores no FH '
+               f'map (it stores {stored}); use config.data.mask=gt|user|grid, or '
+               'recompute it with --fh_scales')
+    elif is_number(scale) and scale != -1 and float(scale) not in scales:
+      p.append(f'config.data.fh_scale={scale!r}: the mask dataset {data_dir!r} holds FH '
+               f'scales {[f"{s:g}" for s in scales]} only; set config.data.fh_scale to '
+               'one of them (or -1: one per example), or recompute the masks at that '
+               'scale')
+  return p
+
+
+def problems(config, *, num_devices=None, check_data=True):
+  """Every problem of `config`, one line each ([] if none).
+
+  num_devices: also check that the batch divides over them. check_data: read
+  the manifest of config.data.dir and check the masks asked for are there.
+  """
+  p = _training_problems(config, num_devices)
+  from_objectives = _objective_problems(config)
+  # An objective's hook may say more about a shared key (DetCon on data.mask):
+  # its line replaces the general one.
+  said = {line.split(':', 1)[0].split('=', 1)[0] for line in from_objectives}
+  p += [line for line in _data_problems(config)
+        if line.split(':', 1)[0].split('=', 1)[0] not in said]
+  p += from_objectives
+  if check_data:
+    p += _dataset_problems(config)
+  # One line per problem: drop exact repeats (two rules can meet on one key).
+  return list(dict.fromkeys(p))
+
+
+def validate(config, **kwargs):
+  """Raises ConfigError (a ValueError) listing every problem; see `problems`."""
+  found = problems(config, **kwargs)
+  if found:
+    raise ConfigError(found)

@@ -1,0 +1,311 @@
+"""Issue 13 (reliability), trainer and converter side: what a user's mistake or a
+damaged workdir leads to.
+
+  * bad config values are refused before anything starts, all at once, one
+    line per problem naming the full key (config_check + objective hooks);
+  * a damaged latest checkpoint (truncated array file, deleted _METADATA) is
+    set aside and training falls back to the previous one and finishes; the
+    converter says so in one line and uses the fallback (or --step);
+  * a failed start leaves a workdir that a corrected run accepts;
+  * resuming with another optimiser names the differing config keys;
+  * the command lines print a few lines, no traceback, for user errors.
+
+Runs on 4 simulated CPU devices (conftest.py), test preset (ResNet-10, 64 px).
+"""
+
+import glob
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import byol, detcon_b, simclr
+from data_pipeline import records
+from dense_ssl import checkpoint as ckpt_lib
+from dense_ssl import config_check
+from dense_ssl import train
+from tests import mask_records
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = dict(byol=byol, simclr=simclr, detcon_b=detcon_b)
+
+
+def make_config(name, data_dir='', **overrides):
+  c = CONFIGS[name].get_config('test')
+  c.data.dir = data_dir
+  for k, v in overrides.items():
+    node = c
+    *path, last = k.split('.')
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c
+
+
+def user_lines(stderr):
+  """stderr without absl/JAX/TF log lines: what the user is told."""
+  noise = re.compile(r'^([IWEF]\d{4} |WARNING: All log messages before absl|'
+                     r'(INFO|WARNING):absl:)')
+  return [l for l in stderr.splitlines() if l.strip() and not noise.match(l)]
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  """16 tiny images with blocky GT masks, in 4 shards."""
+  out = str(tmp_path_factory.mktemp('masks'))
+  mask_records.write_blocky_dataset(out, num_examples=16, size=80, num_shards=4)
+  return out
+
+
+@pytest.fixture(scope='module')
+def fh_data_dir(tmp_path_factory):
+  """4 images with one FH map, at scale 500 only."""
+  out = str(tmp_path_factory.mktemp('fh_masks'))
+  name = records.fh_mask_name(500, 500, 0.8)
+  r = np.random.default_rng(0)
+  examples = [dict(id=f'ex{i}', image=r.integers(0, 255, (64, 64, 3)).astype(np.uint8),
+                   masks={name: r.integers(0, 4, (64, 64)).astype(np.int32)})
+              for i in range(4)]
+  mask_records.write_mask_dataset(out, examples, num_shards=1, fh=[(500, 500, 0.8)])
+  return out
+
+
+# ----------------------------------------------------- item 2: validation ---
+
+def test_every_shipped_config_and_preset_is_valid():
+  import importlib  # pylint: disable=g-import-not-at-top
+  for path in sorted(glob.glob(os.path.join(REPO, 'configs', '*.py'))):
+    name = os.path.basename(path)[:-3]
+    if name in ('__init__', 'common'):
+      continue
+    module = importlib.import_module(f'configs.{name}')
+    for preset in ('imagenet', 'coco', 'demo', 'test'):
+      found = config_check.problems(module.get_config(preset), check_data=False)
+      assert not found, (name, preset, found)
+
+
+def test_bad_values_are_refused_at_once_naming_the_keys(fh_data_dir, tmp_path):
+  config = make_config('detcon_b', fh_data_dir, **{
+      'optimizer.base_lr': -0.5, 'data.image_size': 72, 'data.grayscale_prob': 1.5,
+      'data.mask': 'fh', 'data.fh_scale': 1000, 'ema.base': 1.5,
+      'data.crop_area': (0.9, 0.2), 'objectives.detcon.temperature': 0.0,
+      'objectives.detcon.num_samples': 0})
+  workdir = tmp_path / 'run'
+  with pytest.raises(config_check.ConfigError) as e:
+    train.train_and_evaluate(config, str(workdir))
+  want = [
+      'config.optimizer.base_lr=-0.5: must be > 0',
+      'config.data.image_size=72: must be a multiple of 32',
+      'config.data.grayscale_prob=1.5: must be in [0, 1]',
+      'config.data.fh_scale=1000: the mask dataset',
+      'config.ema.base=1.5: must be in [0, 1]',
+      'config.data.crop_area=(0.9, 0.2): the area range is not ordered',
+      'config.objectives.detcon.temperature=0.0: must be > 0',
+      'config.objectives.detcon.num_samples=0: must be >= 1',
+  ]
+  for line in want:
+    assert sum(p.startswith(line) for p in e.value.problems) == 1, (line, e.value.problems)
+  assert len(e.value.problems) == len(want), e.value.problems
+  assert "holds FH scales ['500'] only" in str(e.value)
+  assert str(e.value).count('\n') == len(want)          # A header, one line each.
+  assert not workdir.exists()                            # Refused before anything.
+  # The stored scale is accepted.
+  ok = make_config('detcon_b', fh_data_dir, **{'data.mask': 'fh', 'data.fh_scale': 500})
+  assert config_check.problems(ok) == []
+
+
+def test_objective_hooks_and_data_requirements(data_dir):
+  config = make_config('byol', data_dir, **{
+      'objectives.moco.weight': 0.0, 'objectives.scrl.weight': 1.0,
+      'objectives.scrl.num_boxes': 0, 'objectives.clove.weight': 1.0,
+      'objectives.clove.dim': 30, 'objectives.clove.top_k': 0,
+      'objectives.lc.weight': -1.0, 'data.mask': 'user'})
+  found = config_check.problems(config)
+  assert 'config.objectives.scrl.num_boxes=0: must be >= 1 (an integer)' in found
+  assert any(p.startswith('config.objectives.clove.dim=30: must be a multiple of '
+                          'config.objectives.clove.attention_heads=8') for p in found)
+  assert 'config.objectives.clove.top_k=0: must be >= 1 (an integer)' in found
+  assert 'config.objectives.lc.weight=-1.0: must be >= 0 (0 = off)' in found
+  assert any(p.startswith("config.data.mask='user': the mask dataset") for p in found)
+  # MoCo's queue takes whole batches; the hook runs only when MoCo is on.
+  moco = make_config('byol', data_dir, **{'objectives.byol.weight': 0.0,
+                                          'objectives.moco.weight': 1.0,
+                                          'objectives.moco.queue_size': 60})
+  assert config_check.problems(moco) == [
+      'config.objectives.moco.queue_size=60: must be a multiple of '
+      'config.batch_size=8 (the queue takes whole global batches)']
+  # A missing dataset is one problem among the others, naming config.data.dir.
+  gone = make_config('byol', '/no/such/masks', **{'optimizer.weight_decay': -1.0})
+  found = config_check.problems(gone)
+  assert found[0] == 'config.optimizer.weight_decay=-1.0: must be >= 0'
+  assert found[1].startswith("config.data.dir='/no/such/masks': no such directory")
+  assert len(found) == 2
+
+
+# ----------------------------------------- item 5: a failed start, corrected ---
+
+def test_a_failed_start_leaves_a_workdir_a_corrected_run_accepts(data_dir, tmp_path,
+                                                                 monkeypatch):
+  workdir = str(tmp_path / 'run')
+  # 1. A wrong data dir: refused before anything is written.
+  with pytest.raises(config_check.ConfigError, match='config.data.dir'):
+    train.train_and_evaluate(make_config('simclr', str(tmp_path / 'nope')), workdir)
+  # 2. A start of another run that fails after the setup (here: at init).
+  def boom(*args, **kwargs):
+    raise RuntimeError('simulated failure at init')
+  monkeypatch.setattr(train, 'init_state', boom)
+  with pytest.raises(RuntimeError, match='simulated'):
+    train.train_and_evaluate(make_config('simclr', data_dir, total_steps=1), workdir)
+  monkeypatch.undo()
+  # 3. Even a config.json of another run, with no checkpoint, binds nothing.
+  ckpt_lib.save_config(workdir, make_config('simclr', data_dir))
+  out = train.train_and_evaluate(make_config('byol', data_dir, total_steps=1), workdir)
+  assert out['finished'] and out['step'] == 1
+  assert ckpt_lib.read_config(workdir)['objectives']['byol']['weight'] == 1.0
+  # Once checkpoints exist, another run is refused as before.
+  with pytest.raises(ValueError, match='holds checkpoints of a different run'):
+    train.train_and_evaluate(make_config('simclr', data_dir, total_steps=2), workdir)
+
+
+# ------------------------------------- item 4: a damaged latest checkpoint ---
+
+@pytest.fixture(scope='module')
+def three_steps(data_dir, tmp_path_factory):
+  """A BYOL workdir with complete checkpoints of steps 2 and 3 (of 5)."""
+  workdir = str(tmp_path_factory.mktemp('three_steps') / 'run')
+  config = make_config('byol', data_dir, total_steps=5, ckpt_every_steps=1)
+  out = train.train_and_evaluate(config, workdir, stop_after_steps=3)
+  assert out['step'] == 3
+  assert ckpt_lib.available_steps(workdir) == [2, 3]
+  return workdir, config
+
+
+def truncate_largest_array_file(step_dir):
+  files = [f for f in glob.glob(os.path.join(step_dir, 'state', '**', '*'),
+                                recursive=True)
+           if os.path.isfile(f) and '/d/' in f]
+  largest = max(files, key=os.path.getsize)
+  os.truncate(largest, os.path.getsize(largest) // 2)
+  return os.path.relpath(largest, step_dir)
+
+
+def damaged_copy(three_steps, tmp_path, how):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(three_steps[0], workdir)
+  step_dir = os.path.join(workdir, 'checkpoints', '3')
+  if how == 'truncated':
+    return workdir, truncate_largest_array_file(step_dir) + ' is truncated'
+  os.remove(os.path.join(step_dir, 'state', '_METADATA'))
+  return workdir, 'state/_METADATA is missing'
+
+
+@pytest.mark.parametrize('how', ['truncated', 'no_metadata'])
+def test_damaged_latest_checkpoint_falls_back_and_training_finishes(
+    three_steps, tmp_path, caplog, capfd, how):
+  workdir, why = damaged_copy(three_steps, tmp_path, how)
+  with caplog.at_level(logging.INFO):
+    out = train.train_and_evaluate(three_steps[1], workdir)
+  assert out['finished'] and out['step'] == 5
+  text = caplog.text
+  assert f'checkpoint of step 3 cannot be restored: {why}' in text, text[-3000:]
+  assert 'resuming from step 2 ' in text
+  assert 'falling back to step 2' in text
+  # Kept aside, not deleted, and no longer one of orbax's steps.
+  aside = glob.glob(os.path.join(workdir, 'checkpoints_corrupt', '3.*'))
+  assert len(aside) == 1 and os.path.isdir(os.path.join(aside[0], 'state'))
+  assert ckpt_lib.available_steps(workdir) == [4, 5]
+  # The asyncio echoes of the failed reads are gone.
+  assert 'Event loop is closed' not in capfd.readouterr().err
+
+
+def test_resuming_with_another_optimiser_names_the_differing_keys(three_steps, tmp_path):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(three_steps[0], workdir)
+  config = make_config('byol', three_steps[1].data.dir, total_steps=5,
+                       ckpt_every_steps=1, **{'optimizer.name': 'sgd'})
+  with pytest.raises(ValueError) as e:
+    train.train_and_evaluate(config, workdir)
+  message = str(e.value)
+  assert "config.optimizer.name: 'lars' in the checkpoint's run, 'sgd' now" in message
+  assert 'partial_restore' not in message
+  assert ckpt_lib.available_steps(workdir) == [2, 3]      # Nothing set aside.
+  assert not os.path.exists(os.path.join(workdir, 'checkpoints_corrupt'))
+
+
+# ------------------------------------------------------------- converter ---
+
+def convert_cli(*args):
+  return subprocess.run([sys.executable, '-m', 'dense_ssl.convert', *args],
+                        cwd=REPO, capture_output=True, text=True, timeout=600,
+                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+
+
+def test_converter_skips_a_damaged_latest_checkpoint_in_one_line(three_steps, tmp_path):
+  workdir, why = damaged_copy(three_steps, tmp_path, 'truncated')
+  out = str(tmp_path / 'r10.pkl')
+  common = ['--to=detectron2', '--noverify', '--allow_custom_detectron2_depth']
+  run = convert_cli(f'--workdir={workdir}', f'--out={out}', *common)
+  assert run.returncode == 0, run.stderr[-3000:]
+  said = [l for l in run.stdout.splitlines() if 'cannot be restored' in l]
+  assert len(said) == 1 and said[0].startswith(
+      f'dense_ssl.convert: step 3 cannot be restored ({why}')
+  assert 'using step 2, the newest checkpoint that restores' in said[0]
+  assert 'online encoder of step 2' in run.stdout
+  assert 'Traceback' not in run.stderr and 'Event loop is closed' not in run.stderr
+  # --step chooses; the damaged one asked for by name is one line.
+  run = convert_cli(f'--workdir={workdir}', f'--out={out}', '--step=3', *common)
+  assert run.returncode == 1
+  lines = user_lines(run.stderr)
+  assert len(lines) == 1, run.stderr[-3000:]
+  assert lines[0].startswith('dense_ssl.convert: ERROR: --step=3: the checkpoint '
+                             f'cannot be restored: {why}')
+  assert lines[0].endswith('other steps: [2].')
+  # An existing directory as --out: one line, before any work.
+  run = convert_cli(f'--workdir={workdir}', f'--out={tmp_path}', *common)
+  assert run.returncode == 1
+  assert user_lines(run.stderr) == [
+      f'dense_ssl.convert: ERROR: --out={tmp_path} is a directory: give the file to '
+      f'write, e.g. --out={os.path.join(str(tmp_path), "model.pth")}.']
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints', '3'))  # Read-only tool.
+
+
+# ------------------------------------------------- item 9: the main command ---
+
+def main_cli(*args):
+  return subprocess.run([sys.executable, '-m', 'dense_ssl.main', *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=600,
+                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+
+
+def test_main_config_typo_is_one_line(tmp_path):
+  run = main_cli('--config=configs/detcon_b.py:test', f'--workdir={tmp_path}',
+                 '--config.objectives.detcon.temprature=0.2')
+  assert run.returncode == 1
+  assert 'Traceback' not in run.stderr
+  assert user_lines(run.stderr) == [
+      'dense_ssl.main: ERROR: --config.objectives.detcon.temprature: '
+      'config.objectives.detcon.temprature is not a config key (did you mean '
+      "'temperature'?); see the config file for the keys there are."]
+  # --verbose keeps the traceback for whoever wants it.
+  run = main_cli('--config=configs/detcon_b.py:test', f'--workdir={tmp_path}',
+                 '--config.objectives.detcon.temprature=0.2', '--verbose')
+  assert run.returncode != 0 and 'Traceback' in run.stderr
+
+
+def test_main_bad_values_are_a_few_lines(data_dir, tmp_path):
+  run = main_cli('--config=configs/detcon_b.py:test', f'--workdir={tmp_path}/run',
+                 f'--config.data.dir={data_dir}', '--config.optimizer.base_lr=-0.5',
+                 '--config.data.image_size=72')
+  assert run.returncode == 1
+  assert 'Traceback' not in run.stderr
+  lines = user_lines(run.stderr)
+  assert len(lines) == 3 and len(lines) <= 5, run.stderr
+  assert lines[0].startswith('dense_ssl.main: ERROR: the config has 2 problems')
+  assert lines[1].strip() == 'config.optimizer.base_lr=-0.5: must be > 0'
+  assert lines[2].strip().startswith('config.data.image_size=72: must be a multiple of 32')
+  assert not os.path.exists(tmp_path / 'run')
