@@ -94,7 +94,8 @@ def main(argv):
     schedule = optim.learning_rate_schedule(config, 1000, 10)
     tx = optim.make_optimizer(config, schedule)
     state = train.init_state(method, tx, config, local, mesh)
-    step = train.compile_train_step(method, tx, schedule, 1000, config.ema.base, mesh)
+    step = train.compile_train_step(method, tx, schedule, 1000, config.ema.base, mesh,
+                                  seed=config.seed, data_config=config.data)
     t = time.perf_counter()
     for _ in range(2):  # Compile + warm-up.
       state, m = step(state, batch)

@@ -62,7 +62,8 @@ def time_step(name):
       config.data, global_batch_size=config.batch_size, seed=0, start_step=0,
       process_index=0, process_count=1, num_local_devices=jax.local_device_count()))
   state = train.init_state(method, tx, config, local, mesh)
-  step = train.compile_train_step(method, tx, schedule, 1000, config.ema.base, mesh)
+  step = train.compile_train_step(method, tx, schedule, 1000, config.ema.base, mesh,
+                                  seed=config.seed, data_config=config.data)
   batch = train.global_batch(local, mesh)
   t = time.perf_counter()
   state, m = step(state, batch)

@@ -70,6 +70,10 @@ def base_config(name, preset, **weights):
       solarize_prob=(0.0, 0.2),
       shuffle_buffer=10_000,
       file_parallel_reads=8,
+      # The colour recipe runs in the training step (dense_ssl/ops/color.py):
+      # the host ships uint8 views; 'host' applies it in tf.data instead.
+      color_on='device',
+      prefetch_to_device=2,       # Batches put on the devices ahead of the step.
   ))
 
   c.log_every_steps = 50

@@ -6,12 +6,17 @@ records.py), decodes each record once and makes its views (DetCon, Sec. 3.1:
 "we transform each mask ... using the same cropping and resizing as used for
 the underlying RGB image"): per view an Inception crop window applied to the
 image and its label map, a flip shared by both, bicubic (image) / nearest
-(labels) resize, and BYOL's colour recipe (augment.py).
+(labels) resize, and, with data.color_on='host', BYOL's colour recipe
+(augment.py). With data.color_on='device' (every config in configs/) the
+host does no colour: views leave it as uint8 and the training step applies
+the recipe on the device (dense_ssl/ops/color.py, issue 12).
 
 Batches (WORKSPACE.md, section 4), leading dims [num_local_devices, per_device_batch]:
-  view{k}/image float32 [D, B, S, S, 3] (ImageNet-normalised), view{k}/mask
-  int32 [D, B, S, S], view{k}/box float32 [D, B, 4] (y0, x0, y1, x1),
-  view{k}/flip int32 [D, B].
+  view{k}/image [D, B, S, S, 3]: uint8 (color_on='device') or float32
+  ImageNet-normalised (color_on='host', the default of a config without the
+  key); view{k}/mask [D, B, S, S] in the smallest integer type that holds the
+  ids (mask_dtype: uint8, uint16 or int32); view{k}/box float32 [D, B, 4]
+  (y0, x0, y1, x1); view{k}/flip int32 [D, B].
 
 Views and masks
 ---------------
@@ -28,7 +33,7 @@ views), or 'grid': DetCon's n x n spatial heuristic (Sec. 3.2) "divide[s] the
 image" and every mask is then "transform[ed] ... using the same cropping and
 resizing as used for the underlying RGB image" (Sec. 3.1), so the grid is laid
 over the ORIGINAL image and cropped with the view (a crop shows only some
-cells; 'color_only' views show all n^2). Ids pass through unchanged (int32).
+cells; 'color_only' views show all n^2). Ids pass through unchanged (never wrapped).
 
 Determinism and exact resume
 ----------------------------
@@ -377,17 +382,20 @@ def parse_and_decode(serialized, mask_names, seed):
   return image, tf.reshape(labels, tf.stack([h, w]))
 
 
-def make_view(image, labels, seed, spec, color, shared_flip=None):
+def make_view(image, labels, seed, spec, color, shared_flip=None, mask_dtype=tf.int32):
   """One augmented view of a decoded example.
 
   Args:
     image: uint8 [H, W, 3]. labels: int32 [H, W].
     seed: [2] stateless seed of this view.
-    spec: ViewSpec. color: augment.byol_color_augment kwargs.
+    spec: ViewSpec. color: augment.byol_color_augment kwargs, or None: no
+      colour on the host (data.color_on='device'; dense_ssl/ops/color.py
+      applies the recipe inside the training step).
     shared_flip: bool scalar to use instead of this view's own flip draw.
+    mask_dtype: the mask's integer type (the smallest that holds its ids).
   Returns:
-    dict(image float32 [S, S, 3] normalised, mask int32 [S, S],
-    box float32 [4], flip int32 []).
+    dict(image [S, S, 3] float32 normalised, or uint8 when color is None,
+    mask [S, S] mask_dtype, box float32 [4], flip int32 []).
   """
   s_crop, s_flip, s_color = augment.split_seed(seed, 3)
   shape = tf.shape(labels)
@@ -409,18 +417,51 @@ def make_view(image, labels, seed, spec, color, shared_flip=None):
     img = augment.flip_left_right(img, flip)
     lab = augment.flip_left_right(lab, flip)
   img = tf.ensure_shape(img, [size, size, 3])
-  img = augment.byol_color_augment(img, s_color, blur_prob=spec.blur_prob,
-                                   solarize_prob=spec.solarize_prob, **color)
-  return dict(image=augment.normalize(img),
-              mask=tf.ensure_shape(lab, [size, size]),
+  if color is None:
+    # Ship uint8: a quarter of float32's bytes; the colour runs on the device.
+    img = tf.cast(tf.round(img * 255.), tf.uint8)
+  else:
+    img = augment.normalize(augment.byol_color_augment(
+        img, s_color, blur_prob=spec.blur_prob, solarize_prob=spec.solarize_prob, **color))
+  return dict(image=img,
+              mask=tf.cast(tf.ensure_shape(lab, [size, size]), mask_dtype),
               box=augment.window_to_box(*window, height, width),
               flip=tf.cast(flip, tf.int32))
 
 
-def make_views_fn(data_config, mask_names):
+COLOR_ON = ('host', 'device')
+
+
+def color_on(data_config):
+  """Where the colour recipe runs: data.color_on, 'host' for configs without the key."""
+  where = _get(data_config, 'color_on', 'host')
+  if where not in COLOR_ON:
+    raise ValueError(f'config.data.color_on={where!r}: choose one of {COLOR_ON}')
+  return where
+
+
+def mask_dtype(manifest, data_config):
+  """The smallest integer type that holds the view masks' ids (uint8 | uint16 | int32).
+
+  Grids hold n^2 ids; stored maps hold ids up to the manifest's
+  `max_label_id` (the largest id of any stored map); a manifest without it
+  (written before it existed) gives int32. Ids are never wrapped.
+  """
+  if _get(data_config, 'mask', 'fh') == 'grid':
+    n = int(_get(data_config, 'grid_size', 4)) ** 2
+  else:
+    if manifest.get('max_label_id') is None:
+      return tf.int32
+    n = int(manifest['max_label_id']) + 1
+  if n <= 256:
+    return tf.uint8
+  return tf.uint16 if n <= 65536 else tf.int32
+
+
+def make_views_fn(data_config, mask_names, masks_dtype=tf.int32):
   """Returns fn(example_seed, serialized) -> flat dict of all views."""
   specs = view_specs(data_config)
-  color = color_kwargs(data_config)
+  color = color_kwargs(data_config) if color_on(data_config) == 'host' else None
   shared = bool(_get(data_config, 'shared_flip', False))
   grid_size = int(_get(data_config, 'grid_size', 4))
   is_grid = _get(data_config, 'mask', 'fh') == 'grid'
@@ -436,7 +477,7 @@ def make_views_fn(data_config, mask_names):
     flip = tf.random.stateless_uniform([], s_flip) < 0.5 if shared else None
     out = {}
     for k, (spec, s) in enumerate(zip(specs, s_views)):
-      for key, v in make_view(image, labels, s, spec, color, flip).items():
+      for key, v in make_view(image, labels, s, spec, color, flip, masks_dtype).items():
         out[f'view{k + 1}/{key}'] = v
     return out
 
@@ -500,7 +541,7 @@ def make_pretrain_dataset(data_config, *, global_batch_size, seed, start_step=0,
     ds = ds.skip(tf.where(epoch == first_epoch, tf.constant(offset, tf.int64), 0))
     return ds.map(lambda pos, rec: dict(epoch=epoch, position=pos, record=rec))
 
-  views_fn = make_views_fn(data_config, mask_names)
+  views_fn = make_views_fn(data_config, mask_names, mask_dtype(manifest, data_config))
 
   def process_example(ex):
     s = tf.random.experimental.stateless_fold_in(base, ex['epoch'])

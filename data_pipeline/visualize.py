@@ -105,13 +105,20 @@ def main(argv):
   n, size = _NUM.value, _SIZE.value
   cfg = dict(dir=_DATA_DIR.value, image_size=size, mask=_MASK.value,
              fh_scale=_FH_SCALE.value, grid_size=_GRID.value, shuffle_buffer=256,
-             view_modes=tuple(_MODES.value), shared_flip=_SHARED_FLIP.value)
+             view_modes=tuple(_MODES.value), shared_flip=_SHARED_FLIP.value,
+             color_on='device')
   if not _COLOR.value:
     cfg.update(color_jitter_prob=0., grayscale_prob=0., blur_prob=(0., 0.),
                solarize_prob=(0., 0.))
   ds = input_pipeline.make_pretrain_dataset(cfg, global_batch_size=n, seed=_SEED.value,
                                             start_step=_STEP.value, with_metadata=True)
   batch = {k: v[0] for k, v in next(ds.as_numpy_iterator()).items()}
+  # The colour recipe as the training step applies it, on the uint8 views.
+  from dense_ssl.ops import color  # pylint: disable=g-import-not-at-top
+  views = {k: v for k, v in batch.items() if not k.startswith('meta/')}
+  views = color.augment_views(views, seed=_SEED.value, step=_STEP.value, data_config=cfg,
+                              axis_name=None)
+  batch.update({k: np.asarray(v) for k, v in views.items()})
   originals = find_originals(_DATA_DIR.value, list(batch['meta/id']))
   mean, std = np.array(augment.IMAGENET_MEAN), np.array(augment.IMAGENET_STD)
   rng = np.random.default_rng(0)

@@ -16,6 +16,7 @@ sees: resume is exact.
 """
 
 import collections
+import itertools
 import math
 import os
 import time
@@ -37,6 +38,7 @@ from dense_ssl import method as method_lib
 from dense_ssl import optim
 from dense_ssl import state as state_lib
 from dense_ssl.objectives.base import AXIS
+from dense_ssl.ops import color
 
 
 class NonFiniteLossError(RuntimeError):
@@ -44,11 +46,18 @@ class NonFiniteLossError(RuntimeError):
 
 
 def make_per_device_step(method, tx, schedule, total_steps, ema_base,
-                         ema_schedule='cosine'):
-  """The step for one device's batch (the named axis AXIS is bound)."""
+                         ema_schedule='cosine', *, seed=0, data_config=None):
+  """The step for one device's batch (the named axis AXIS is bound).
+
+  seed, data_config: config.seed and config.data, for the colour recipe that
+  runs first, on the device (dense_ssl/ops/color.py): uint8 views are
+  coloured and normalised here with per-example keys from (seed, step, global
+  index, view), so 1 and N devices, and a resumed run, see the same views.
+  """
 
   def step_fn(state, batch):
     step = state.step
+    batch = color.augment_views(batch, seed=seed, step=step, data_config=data_config or {})
     # The same key on every device: methods derive per-example keys from
     # global example indices (base.example_rngs), so the update does not
     # depend on the number of devices.
@@ -95,12 +104,28 @@ def make_mesh():
 
 
 def compile_train_step(method, tx, schedule, total_steps, ema_base, mesh,
-                       ema_schedule='cosine'):
+                       ema_schedule='cosine', *, seed=0, data_config=None):
   per_device = make_per_device_step(method, tx, schedule, total_steps, ema_base,
-                                    ema_schedule)
+                                    ema_schedule, seed=seed, data_config=data_config)
   return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)),
                                out_specs=(P(), P())),
                  donate_argnums=0)
+
+
+def prefetch_to_devices(local_batches, mesh, size):
+  """Global device batches, `size` ahead of the step that consumes them.
+
+  Each batch is put on the devices (an asynchronous sharded transfer) as soon
+  as the host has it, so the copies of the next `size` batches overlap the
+  running step; the order of the batches is unchanged (exact resume).
+  """
+  queue = collections.deque()
+  for local in local_batches:
+    queue.append(global_batch(local, mesh))
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
 
 
 def global_batch(local_batch, mesh):
@@ -119,6 +144,9 @@ def init_state(method, tx, config, sample_batch, mesh):
   rng = jax.random.PRNGKey(config.seed)
   # Two examples of device 0 give every shape; BN init needs no statistics.
   sample = {k: np.asarray(v)[0, :2] for k, v in sample_batch.items()}
+  # As the step sees them after the colour recipe: float images, int32 masks.
+  sample = {k: v.astype(np.float32) if k.endswith('/image') else
+            v.astype(np.int32) if k.endswith('/mask') else v for k, v in sample.items()}
   repl = NamedSharding(mesh, P())
   init = jax.jit(lambda r, b: state_lib.create_train_state(method, tx, r, b),
                  out_shardings=repl)
@@ -372,7 +400,8 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
   # ----------------------------------------------------- compiled step ---
   train_step = compile_train_step(method, tx, schedule, total_steps,
                                   config.ema.base, mesh,
-                                  config.ema.get('schedule', 'cosine'))
+                                  config.ema.get('schedule', 'cosine'),
+                                  seed=config.seed, data_config=config.data)
   if jax.process_count() > 1:
     # Compile first, then meet: the first collective of the step gives every
     # process only 30 s to join (gloo on CPU), and one host can finish
@@ -393,7 +422,9 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
   progress = Progress(config, total_steps, steps_per_epoch, num_devices)
   pending = collections.deque()          # (step, device metrics) not yet read.
   logged = []                            # Host metrics since the last log line.
-  step, ran, local_batch = start_step, 0, first
+  step, ran = start_step, 0
+  device_batches = prefetch_to_devices(itertools.chain([first], batches), mesh,
+                                       int(config.data.get('prefetch_to_device', 2)))
 
   def check_finite(step_done, metrics):
     # The loss alone can stay finite (normalisation clamps NaN features)
@@ -421,10 +452,7 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
   try:
     while step < total_steps:
       t_wait = time.perf_counter()
-      if local_batch is None:
-        local_batch = next(batches)
-      batch = global_batch(local_batch, mesh)
-      local_batch = None
+      batch = next(device_batches)
       wait = time.perf_counter() - t_wait
       state, metrics = train_step(state, batch)
       step += 1

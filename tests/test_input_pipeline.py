@@ -261,3 +261,31 @@ def test_errors(fh_dir, tmp_path):
                              process_index=0, process_count=8)
   with pytest.raises(ValueError, match=r'data\.blur_prob'):
     ip.make_pretrain_dataset(config(fh_dir, view_modes=('crop',) * 3), **kw)
+
+
+def test_device_colour_ships_uint8_views_equal_to_the_host_resize(coord_dir):
+  """data.color_on='device': no colour on the host, uint8 views (issue 12)."""
+  kw = dict(global_batch_size=8, seed=3)
+  host = take(ip.make_pretrain_dataset(config(coord_dir), **kw), 1)[0]
+  dev = take(ip.make_pretrain_dataset(config(coord_dir, color_on='device'), **kw), 1)[0]
+  for v in ('view1', 'view2'):
+    assert dev[f'{v}/image'].dtype == np.uint8
+    unnorm = (host[f'{v}/image'] * np.array(augment.IMAGENET_STD)
+              + np.array(augment.IMAGENET_MEAN)) * 255
+    np.testing.assert_allclose(dev[f'{v}/image'], unnorm, atol=0.51)
+    for k in ('box', 'flip', 'mask'):
+      np.testing.assert_array_equal(dev[f'{v}/{k}'], host[f'{v}/{k}'])
+  grid = take(ip.make_pretrain_dataset(config(coord_dir, color_on='device', mask='grid',
+                                              grid_size=4), **kw), 1)[0]
+  assert grid['view1/mask'].dtype == np.uint8           # 16 ids.
+  with pytest.raises(ValueError, match='config.data.color_on'):
+    ip.make_pretrain_dataset(config(coord_dir, color_on='gpu'), **kw)
+
+
+def test_mask_dtype_is_the_smallest_that_holds_the_ids():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  assert ip.mask_dtype({'max_label_id': 255}, {'mask': 'gt'}) == tf.uint8
+  assert ip.mask_dtype({'max_label_id': 256}, {'mask': 'fh'}) == tf.uint16
+  assert ip.mask_dtype({'max_label_id': 70000}, {'mask': 'fh'}) == tf.int32
+  assert ip.mask_dtype({}, {'mask': 'fh'}) == tf.int32   # A manifest from before the field.
+  assert ip.mask_dtype({}, {'mask': 'grid', 'grid_size': 17}) == tf.uint16

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from configs import byol, detcon_b, detcon_s, simclr
+from configs import byol, clove, detcon_b, detcon_s, simclr
 from dense_ssl import method as method_lib
 from dense_ssl import optim
 from dense_ssl import train
@@ -22,7 +22,7 @@ from dense_ssl.objectives.base import AXIS
 from tests import mask_records
 from tests.fake_data import fake_batch
 
-CONFIGS = dict(byol=byol, simclr=simclr, detcon_b=detcon_b, detcon_s=detcon_s)
+CONFIGS = dict(byol=byol, simclr=simclr, detcon_b=detcon_b, detcon_s=detcon_s, clove=clove)
 
 
 def override(config, **overrides):
@@ -112,7 +112,8 @@ def one_step(config, batch, num_devices):
   local = {k: v.reshape((num_devices, -1) + v.shape[1:]) for k, v in batch.items()}
   state = train.init_state(method, tx, config, local, mesh)
   before = jax.device_get(state)
-  step = train.compile_train_step(method, tx, schedule, 10, config.ema.base, mesh)
+  step = train.compile_train_step(method, tx, schedule, 10, config.ema.base, mesh,
+                                  seed=config.seed, data_config=config.data)
   state, metrics = step(state, train.global_batch(local, mesh))
   return before, jax.device_get(state), jax.device_get(metrics)
 
@@ -143,6 +144,27 @@ def test_one_device_equals_four_devices(name):
         s1.target_params,
         {k: before.online_params[k] for k in s1.target_params},
         {k: s1.online_params[k] for k in s1.target_params})
+
+
+@pytest.mark.parametrize('name', ['detcon_b', 'clove'])
+def test_uint8_views_coloured_on_device_one_device_equals_four(name):
+  """Issue 12: the host ships uint8 views, the step colours them; 1 vs 4 devices agree."""
+  config = make_config(name, **{'optimizer.base_lr': 1.0})
+  assert config.data.color_on == 'device'
+  batch = fake_batch(8, 1)
+  r = np.random.default_rng(2)
+  for v in ('view1', 'view2'):
+    batch[f'{v}/image'] = r.integers(0, 256, batch[f'{v}/image'].shape).astype(np.uint8)
+    batch[f'{v}/mask'] = batch[f'{v}/mask'].astype(np.uint8)
+  batch['view2/box'] = np.tile(np.array([0.1, 0.2, 0.9, 1.0], np.float32), (8, 1))
+  before, s1, m1 = one_step(config, batch, 1)
+  _, s4, m4 = one_step(config, batch, 4)
+  np.testing.assert_allclose(m1['loss'], m4['loss'], rtol=1e-5)
+  close = lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)
+  jax.tree.map(close, s1.online_params, s4.online_params)
+  moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), s1.online_params,
+                       before.online_params)
+  assert max(jax.tree.leaves(moved)) > 1e-4
 
 
 def test_bfloat16_compute_keeps_float32_parameters_and_loss():
@@ -201,7 +223,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path
     calls.append(1)
     if len(calls) == 3:  # Step 3 sees NaN pixels.
       local_batch = dict(local_batch)
-      local_batch['view1/image'] = np.full_like(local_batch['view1/image'], np.nan)
+      # Float views skip the device colour recipe: the NaNs reach the network.
+      local_batch['view1/image'] = np.full(local_batch['view1/image'].shape, np.nan,
+                                           np.float32)
     return real(local_batch, mesh)
 
   monkeypatch.setattr(train, 'global_batch', poisoned)

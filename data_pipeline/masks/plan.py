@@ -419,6 +419,9 @@ def build_manifest(plan, sidecars, *, parameters, timing, runner='local', partia
       'mask_names': list(plan.mask_names),
       'fh': plan.fh_entries,
       'shards': [_shard_entry(s) for s in all_shards],
+      # The largest id of any stored label map (None if a shard predates it).
+      'max_label_id': (max((s['max_label_id'] for s in all_shards), default=-1)
+                       if all('max_label_id' in s for s in all_shards) else None),
       'skipped': plan.skipped or sources.Skipped().as_json(),
       'failures': failures,
       'num_failures': len(failures),

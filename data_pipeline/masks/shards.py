@@ -240,6 +240,7 @@ def process_shard(task, report):
   positions = sources.shard_positions(task.source, task.num_shards, task.index)
   failures, formats = [], collections.Counter()
   num, transcoded = 0, 0
+  max_label_id = -1      # Over every stored map: the training pipeline's mask dtype.
   # ABO of each stored map with GT (quality.py), from the maps already in memory.
   abo_names = abo_map_names(task.mask_names)
   abo = {name: quality.AboStats() for name in abo_names or ()}
@@ -266,6 +267,7 @@ def process_shard(task, report):
         writer.write(tf.train.Example.FromString(rec).SerializeToString(deterministic=True))
         for name, stats in abo.items():
           stats.add_image(maps[records.GT_MASK], maps[name])
+        max_label_id = max([max_label_id] + [int(np.max(m)) for m in maps.values() if np.size(m)])
         num += 1
         transcoded += dec.transcoded
         formats[dec.original_format] += 1
@@ -283,7 +285,7 @@ def process_shard(task, report):
       'num_failures': len(failures), 'failures': failures,
       'mask_names': list(task.mask_names), 'num_transcoded': transcoded,
       'original_formats': dict(sorted(formats.items())),
-      'num_bytes': num_bytes, 'checksum': checksum,
+      'num_bytes': num_bytes, 'checksum': checksum, 'max_label_id': max_label_id,
       'seconds': round(time.perf_counter() - t0, 3), 'versions': versions(),
   }
   if abo_names is not None:

@@ -384,3 +384,33 @@ def device_example_indices(per_device_batch: int, axis_name: str = 'batch'):
   """
   d = jax.lax.axis_index(axis_name)
   return d * per_device_batch + jnp.arange(per_device_batch, dtype=jnp.int32)
+
+
+def augment_views(batch, *, seed, step, data_config, axis_name='batch'):
+  """The top of the per-device training step: colour every uint8 view, int32 masks.
+
+  batch: one device's batch as input_pipeline ships it with
+  data.color_on='device': view{k}/image uint8 [B, S, S, 3] (cropped, flipped,
+  resized; no colour), view{k}/mask in its smallest integer type. Each view
+  k (0-based) gets color_augment with keys from (seed, step, the example's
+  global index, k); float images (data.color_on='host': colour already
+  applied and normalised on the host) pass through. Masks become int32.
+  axis_name: the mapped axis (inside shard_map: global index = device offset
+  + position), or None outside it (a whole global batch: index = position;
+  data_pipeline/visualize.py). Returns a new dict.
+  """
+  out = dict(batch)
+  k = 0
+  while f'view{k + 1}/image' in batch:
+    key = f'view{k + 1}/image'
+    images = batch[key]
+    if jnp.issubdtype(images.dtype, jnp.integer):
+      index = (device_example_indices(images.shape[0], axis_name) if axis_name
+               else jnp.arange(images.shape[0], dtype=jnp.int32))
+      keys = example_keys(seed, step, index, k)
+      out[key] = color_augment(images, keys, k, data_config)
+    mask = f'view{k + 1}/mask'
+    if mask in batch:
+      out[mask] = batch[mask].astype(jnp.int32)
+    k += 1
+  return out
