@@ -59,14 +59,14 @@ def main(argv):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from data_pipeline import augment  # pylint: disable=g-import-not-at-top
-  from data_pipeline import input_pipeline  # pylint: disable=g-import-not-at-top
+  from data_pipeline import view_config  # pylint: disable=g-import-not-at-top
   from dense_ssl.ops import color  # pylint: disable=g-import-not-at-top
   tf = augment.tf
 
   batch = _BATCH.value
   cfg = {}  # the default recipe (configs/common.py's data settings)
-  specs = input_pipeline.view_specs(cfg)
-  kwargs = input_pipeline.color_kwargs(cfg)
+  specs = view_config.view_specs(cfg)
+  kwargs = view_config.color_kwargs(cfg)
   load_before = os.getloadavg()[0]
 
   timers = {}  # (size, view, impl) -> fn(round) -> seconds

@@ -79,7 +79,6 @@ record") becomes a DataLossError that names the damaged shard file and the
 command that repairs it (the precompute re-run on that folder, with --verify).
 """
 
-import dataclasses
 import json
 import os
 import re
@@ -88,75 +87,13 @@ import shlex
 from data_pipeline import augment
 from data_pipeline import records
 from data_pipeline import tf_setup
+from data_pipeline import view_config
 
 tf = tf_setup.hide_accelerators()
 
-VIEW_MODES = ('crop', 'color_only')
-MASK_KINDS = ('fh', 'gt', 'user', 'grid')
+_get = view_config.get
+MASK_KINDS = view_config.MASK_KINDS
 _FH_NAME = re.compile(r'^fh_s([0-9.e+-]+)_m([0-9.e+-]+)_sig([0-9.e+-]+)$')
-
-
-def _get(cfg, key, default):
-  """cfg.key, or default when absent (ConfigDict or dict)."""
-  try:
-    return cfg[key]
-  except (KeyError, AttributeError):
-    return default
-
-
-@dataclasses.dataclass(frozen=True)
-class ViewSpec:
-  """How one view is made. `mode`: 'crop' (crop + flip + colour) or 'color_only'."""
-  mode: str
-  size: int
-  crop_area: tuple
-  crop_aspect: tuple
-  blur_prob: float
-  solarize_prob: float
-
-
-def view_specs(data_config):
-  """One ViewSpec per entry of data.view_modes."""
-  modes = tuple(_get(data_config, 'view_modes', ('crop', 'crop')))
-  n = len(modes)
-  size = int(_get(data_config, 'image_size', 224))
-  crop_area = tuple(_get(data_config, 'crop_area', (0.08, 1.0)))
-  crop_aspect = tuple(_get(data_config, 'crop_aspect', (3. / 4., 4. / 3.)))
-
-  def per_view(key, default):
-    v = _get(data_config, key, None)
-    v = default if v is None else tuple(v)
-    if len(v) < n:
-      raise ValueError(f'config key data.{key}={v} has {len(v)} entries but'
-                       f' data.view_modes={modes} asks for {n} views; give one'
-                       ' per view')
-    return v
-
-  sizes = per_view('view_sizes', (size,) * n)
-  areas = per_view('view_crop_areas', (crop_area,) * n)
-  blur = per_view('blur_prob', (1.0, 0.1))
-  sol = per_view('solarize_prob', (0.0, 0.2))
-  specs = []
-  for i, mode in enumerate(modes):
-    if mode not in VIEW_MODES:
-      raise ValueError(f'config key data.view_modes[{i}]={mode!r}: use one of'
-                       f' {VIEW_MODES}')
-    specs.append(ViewSpec(mode=mode, size=int(sizes[i]), crop_area=tuple(areas[i]),
-                          crop_aspect=crop_aspect, blur_prob=float(blur[i]),
-                          solarize_prob=float(sol[i])))
-  return specs
-
-
-def color_kwargs(data_config):
-  """Keyword arguments of augment.byol_color_augment shared by all views."""
-  return dict(
-      color_jitter_prob=float(_get(data_config, 'color_jitter_prob', 0.8)),
-      brightness=float(_get(data_config, 'brightness', 0.4)),
-      contrast=float(_get(data_config, 'contrast', 0.4)),
-      saturation=float(_get(data_config, 'saturation', 0.2)),
-      hue=float(_get(data_config, 'hue', 0.1)),
-      grayscale_prob=float(_get(data_config, 'grayscale_prob', 0.2)),
-      blur_sigma=tuple(_get(data_config, 'blur_sigma', (0.1, 2.0))))
 
 
 # ------------------------------------------------------- manifest and shards ---
@@ -388,7 +325,7 @@ def make_view(image, labels, seed, spec, color, shared_flip=None, mask_dtype=tf.
   Args:
     image: uint8 [H, W, 3]. labels: int32 [H, W].
     seed: [2] stateless seed of this view.
-    spec: ViewSpec. color: augment.byol_color_augment kwargs, or None: no
+    spec: view_config.ViewSpec. color: augment.byol_color_augment kwargs, or None: no
       colour on the host (data.color_on='device'; dense_ssl/ops/color.py
       applies the recipe inside the training step).
     shared_flip: bool scalar to use instead of this view's own flip draw.
@@ -429,7 +366,7 @@ def make_view(image, labels, seed, spec, color, shared_flip=None, mask_dtype=tf.
               flip=tf.cast(flip, tf.int32))
 
 
-COLOR_ON = ('host', 'device')
+COLOR_ON = view_config.COLOR_ON
 
 
 def color_on(data_config):
@@ -460,8 +397,8 @@ def mask_dtype(manifest, data_config):
 
 def make_views_fn(data_config, mask_names, masks_dtype=tf.int32):
   """Returns fn(example_seed, serialized) -> flat dict of all views."""
-  specs = view_specs(data_config)
-  color = color_kwargs(data_config) if color_on(data_config) == 'host' else None
+  specs = view_config.view_specs(data_config)
+  color = view_config.color_kwargs(data_config) if color_on(data_config) == 'host' else None
   shared = bool(_get(data_config, 'shared_flip', False))
   grid_size = int(_get(data_config, 'grid_size', 4))
   is_grid = _get(data_config, 'mask', 'fh') == 'grid'

@@ -23,6 +23,7 @@ from absl import flags
 import numpy as np
 from PIL import Image
 
+from data_pipeline import cli
 from data_pipeline import demo_dataset
 
 # A private flag set: other tools define --num_examples, --seed, --image_size
@@ -89,17 +90,9 @@ def write_folder(out_dir, num_examples, seed=0, size=demo_dataset.DEFAULT_SIZE,
 
 def main(argv=None):
   """The command line; returns the exit status (0 ok, 2 usage)."""
-  argv = list(sys.argv if argv is None else argv)
-  if any(a in ('-h', '--help', '-help', '--helpfull') for a in argv[1:]):
-    print(__doc__)
-    print(FLAGS.get_help())
-    return 0
-  FLAGS.unparse_flags()
-  try:
-    rest = FLAGS(argv)
-  except flags.Error as e:
-    print(f'make_demo_dataset: error: {e}', file=sys.stderr)
-    return 2
+  rest, status = cli.parse(FLAGS, argv, 'make_demo_dataset', __doc__)
+  if rest is None:
+    return status
   if len(rest) > 1 or not FLAGS.out_dir:
     print('make_demo_dataset: error: usage: python -m data_pipeline.make_demo_dataset'
           ' --out_dir=DIR [--num_examples=N --seed=S --image_size=S --format=png'

@@ -35,6 +35,7 @@ import time
 
 from absl import flags
 
+from data_pipeline import cli
 from data_pipeline import records
 from data_pipeline.masks import quality
 
@@ -198,17 +199,9 @@ def format_table(report):
 
 def main(argv=None):
   """The command line; returns the exit status."""
-  argv = list(sys.argv if argv is None else argv)
-  if any(a in ('-h', '--help', '-help', '--helpfull') for a in argv[1:]):
-    print(__doc__)
-    print(FLAGS.get_help())
-    return 0
-  FLAGS.unparse_flags()
-  try:
-    rest = FLAGS(argv)
-  except flags.Error as e:
-    print(f'mask_quality: error: {e}', file=sys.stderr)
-    return 2
+  rest, status = cli.parse(FLAGS, argv, 'mask_quality', __doc__)
+  if rest is None:
+    return status
   if len(rest) > 1 or not FLAGS.data_dir:
     print('mask_quality: error: usage: python -m data_pipeline.mask_quality'
           ' --data_dir=DIR [--grids=1,2,5 --split=train --limit=N --out=FILE.json]'

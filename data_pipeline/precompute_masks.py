@@ -137,6 +137,7 @@ import sys
 
 from absl import flags
 
+from data_pipeline import cli
 from data_pipeline.masks import local_runner
 from data_pipeline.masks import plan
 from data_pipeline.masks.errors import Interrupted
@@ -238,20 +239,12 @@ def main(argv=None):
   stopped by a signal (130: SIGINT, 143: SIGTERM).
   """
   argv = list(sys.argv if argv is None else argv)
-  if any(a in ('-h', '--help', '-help', '--helpfull') for a in argv[1:]):
-    print(__doc__)
-    print(FLAGS.get_help())
-    return 0
-  FLAGS.unparse_flags()
-  try:
-    # With --runner, the flags this tool does not know are Beam pipeline options.
-    rest = FLAGS(argv, known_only=True)
-    if not FLAGS.runner:
-      FLAGS.unparse_flags()
-      rest = FLAGS(argv)
-  except flags.Error as e:
-    print(f'precompute_masks: error: {e}', file=sys.stderr)
-    return 2
+  # With --runner, the flags this tool does not know are Beam pipeline options.
+  rest, status = cli.parse(FLAGS, argv, 'precompute_masks', __doc__, known_only=True)
+  if rest is not None and not FLAGS.runner:
+    rest, status = cli.parse(FLAGS, argv, 'precompute_masks', __doc__)
+  if rest is None:
+    return status
   if not FLAGS.runner and len(rest) > 1:
     print(f'precompute_masks: error: unexpected arguments {rest[1:]}', file=sys.stderr)
     return 2

@@ -25,13 +25,12 @@ the device count).
 """
 
 from dense_ssl import objectives as objectives_lib
+from data_pipeline.view_config import MASK_KINDS, VIEW_MODES
 from dense_ssl import optim
 from dense_ssl.models import resnet
 from dense_ssl.objectives.base import check
 from dense_ssl.objectives.base import is_number
 
-VIEW_MODES = ('crop', 'color_only')          # data_pipeline.input_pipeline
-MASK_KINDS = ('fh', 'gt', 'user', 'grid')
 DTYPES = ('float32', 'bfloat16', 'float16')
 C5_STRIDE = 32
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from data_pipeline import augment
-from data_pipeline import input_pipeline
+from data_pipeline import view_config
 from dense_ssl.ops import color
 
 tf = augment.tf
@@ -129,8 +129,8 @@ def _configs():
 
 def test_view_spec_reads_the_pipelines_settings():
   for cfg in _configs():
-    kwargs = input_pipeline.color_kwargs(cfg)
-    for k, vs in enumerate(input_pipeline.view_specs(cfg)):
+    kwargs = view_config.color_kwargs(cfg)
+    for k, vs in enumerate(view_config.view_specs(cfg)):
       spec = color.view_color_spec(cfg, k)
       assert spec == color.ColorSpec(blur_prob=vs.blur_prob,
                                      solarize_prob=vs.solarize_prob, **kwargs)
@@ -267,8 +267,8 @@ N_RECIPE = 2000
 def _host_draws(img_f32, view, n):
   """n draws of the host recipe (augment.byol_color_augment + normalize)."""
   cfg = {}
-  spec = input_pipeline.view_specs(cfg)[view]
-  kwargs = input_pipeline.color_kwargs(cfg)
+  spec = view_config.view_specs(cfg)[view]
+  kwargs = view_config.color_kwargs(cfg)
   image = tf.constant(img_f32)
 
   def fn(i):

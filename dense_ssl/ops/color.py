@@ -66,6 +66,8 @@ import dm_pix as pix
 import jax
 import jax.numpy as jnp
 
+from data_pipeline import view_config
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -90,49 +92,23 @@ class ColorSpec:
   solarize_prob: float = 0.0
 
 
-def _get(cfg, key, default):
-  """cfg.key, or default when absent (ConfigDict or dict), as the pipeline."""
-  try:
-    value = cfg[key]
-  except (KeyError, AttributeError, TypeError):
-    return default
-  return default if value is None else value
-
-
 def view_color_spec(data_config: Any, view_index: int) -> ColorSpec:
   """The ColorSpec of view `view_index` from `config.data`.
 
-  Reads the keys, defaults and per-view pairs that the host pipeline reads
-  (data_pipeline/input_pipeline.py: view_specs, color_kwargs): the number of
-  views is len(data.view_modes) (default ('crop', 'crop')); blur_prob and
-  solarize_prob must give one entry per view.
+  Through data_pipeline/view_config.py, the reader the host pipeline uses:
+  the same keys, defaults and per-view checks (blur_prob and solarize_prob
+  need one entry per entry of data.view_modes).
   """
-  modes = tuple(_get(data_config, 'view_modes', ('crop', 'crop')))
-  if not 0 <= view_index < len(modes):
-    raise ValueError(f'view_index={view_index}: data.view_modes={modes} has '
-                     f'{len(modes)} views')
-  if modes[view_index] not in ('crop', 'color_only'):
-    raise ValueError(f'config key data.view_modes[{view_index}]='
-                     f"{modes[view_index]!r}: use one of ('crop', 'color_only')")
-
-  def per_view(key, default):
-    v = tuple(_get(data_config, key, default))
-    if len(v) < len(modes):
-      raise ValueError(f'config key data.{key}={v} has {len(v)} entries but'
-                       f' data.view_modes={modes} asks for {len(modes)} views;'
-                       ' give one per view')
-    return float(v[view_index])
-
+  specs = view_config.view_specs(data_config)
+  if not 0 <= view_index < len(specs):
+    raise ValueError(f'view_index={view_index}: data.view_modes has {len(specs)} views')
+  kw = view_config.color_kwargs(data_config)
   return ColorSpec(
-      color_jitter_prob=float(_get(data_config, 'color_jitter_prob', 0.8)),
-      brightness=float(_get(data_config, 'brightness', 0.4)),
-      contrast=float(_get(data_config, 'contrast', 0.4)),
-      saturation=float(_get(data_config, 'saturation', 0.2)),
-      hue=float(_get(data_config, 'hue', 0.1)),
-      grayscale_prob=float(_get(data_config, 'grayscale_prob', 0.2)),
-      blur_prob=per_view('blur_prob', (1.0, 0.1)),
-      blur_sigma=tuple(float(s) for s in _get(data_config, 'blur_sigma', (0.1, 2.0))),
-      solarize_prob=per_view('solarize_prob', (0.0, 0.2)))
+      color_jitter_prob=kw['color_jitter_prob'], brightness=kw['brightness'],
+      contrast=kw['contrast'], saturation=kw['saturation'], hue=kw['hue'],
+      grayscale_prob=kw['grayscale_prob'], blur_prob=specs[view_index].blur_prob,
+      blur_sigma=tuple(float(x) for x in kw['blur_sigma']),
+      solarize_prob=specs[view_index].solarize_prob)
 
 
 # --------------------------------------------------------------------- ops ---

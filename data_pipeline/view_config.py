@@ -1,0 +1,75 @@
+"""How the views are made, read from config.data: pure Python, no TensorFlow.
+
+Shared by the host pipeline (input_pipeline.py: crops, sizes) and the
+device-side colour recipe (dense_ssl/ops/color.py), so both read the same
+keys with the same defaults and the same per-view checks.
+"""
+
+import dataclasses
+
+VIEW_MODES = ('crop', 'color_only')
+MASK_KINDS = ('fh', 'gt', 'user', 'grid')
+COLOR_ON = ('host', 'device')
+
+
+def get(cfg, key, default):
+  """cfg.key, or default when absent (ConfigDict or dict)."""
+  try:
+    return cfg[key]
+  except (KeyError, AttributeError):
+    return default
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewSpec:
+  """How one view is made. `mode`: 'crop' (crop + flip + colour) or 'color_only'."""
+  mode: str
+  size: int
+  crop_area: tuple
+  crop_aspect: tuple
+  blur_prob: float
+  solarize_prob: float
+
+
+def view_specs(data_config):
+  """One ViewSpec per entry of data.view_modes."""
+  modes = tuple(get(data_config, 'view_modes', ('crop', 'crop')))
+  n = len(modes)
+  size = int(get(data_config, 'image_size', 224))
+  crop_area = tuple(get(data_config, 'crop_area', (0.08, 1.0)))
+  crop_aspect = tuple(get(data_config, 'crop_aspect', (3. / 4., 4. / 3.)))
+
+  def per_view(key, default):
+    v = get(data_config, key, None)
+    v = default if v is None else tuple(v)
+    if len(v) < n:
+      raise ValueError(f'config key data.{key}={v} has {len(v)} entries but'
+                       f' data.view_modes={modes} asks for {n} views; give one'
+                       ' per view')
+    return v
+
+  sizes = per_view('view_sizes', (size,) * n)
+  areas = per_view('view_crop_areas', (crop_area,) * n)
+  blur = per_view('blur_prob', (1.0, 0.1))
+  sol = per_view('solarize_prob', (0.0, 0.2))
+  specs = []
+  for i, mode in enumerate(modes):
+    if mode not in VIEW_MODES:
+      raise ValueError(f'config key data.view_modes[{i}]={mode!r}: use one of'
+                       f' {VIEW_MODES}')
+    specs.append(ViewSpec(mode=mode, size=int(sizes[i]), crop_area=tuple(areas[i]),
+                          crop_aspect=crop_aspect, blur_prob=float(blur[i]),
+                          solarize_prob=float(sol[i])))
+  return specs
+
+
+def color_kwargs(data_config):
+  """Keyword arguments of augment.byol_color_augment shared by all views."""
+  return dict(
+      color_jitter_prob=float(get(data_config, 'color_jitter_prob', 0.8)),
+      brightness=float(get(data_config, 'brightness', 0.4)),
+      contrast=float(get(data_config, 'contrast', 0.4)),
+      saturation=float(get(data_config, 'saturation', 0.2)),
+      hue=float(get(data_config, 'hue', 0.1)),
+      grayscale_prob=float(get(data_config, 'grayscale_prob', 0.2)),
+      blur_sigma=tuple(get(data_config, 'blur_sigma', (0.1, 2.0))))
