@@ -10,4 +10,4 @@ source "$(dirname "$0")/setup_env.sh" requirements-torch.txt requirements-dev.tx
 export JAX_PLATFORMS=cpu
 # Two workers use both cores: most tests are single-threaded compile work.
 workers="${PYTEST_WORKERS:-2}"
-exec python -m pytest -q -n "$workers" --durations=15 "${@:-tests}"
+exec python -m pytest -q -n "$workers" --dist loadgroup --durations=15 "${@:-tests}"

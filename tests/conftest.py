@@ -32,3 +32,10 @@ def pytest_configure(config):
   config.addinivalue_line(
       'markers', 'slow: several local processes (multi-host); CI runs them, '
       'skip locally with -m "not slow"')
+
+
+def pytest_collection_modifyitems(config, items):
+  """The multi-process tests first: they are the longest, and a long test
+  started last leaves the other pytest worker idle at the end."""
+  del config
+  items.sort(key=lambda item: item.get_closest_marker('slow') is None)

@@ -9,7 +9,6 @@ import pytest
 
 from configs import clove as clove_config
 from configs import detcon_b_lc
-from configs import moco as moco_config
 from configs import resim as resim_config
 from dense_ssl import convert
 from dense_ssl import train
@@ -188,8 +187,8 @@ def data_dir(tmp_path_factory):
   return d
 
 
-# MoCo alone runs through the trainer in the resume test below, ReSim-C4's
-# step in the device test above.
+# MoCo runs through the trainer in test_train's resume test (composed with
+# DetCon-B), ReSim-C4's step in the device test above.
 @pytest.mark.parametrize('module,overrides,expect', [
     # ResNet-18: the FPN is exported to Detectron2 below, whose depth table has no 10.
     (resim_config, {'objectives.resim.variant': 'fpn', 'model.depth': 18},
@@ -211,21 +210,6 @@ def test_one_real_step(module, overrides, expect, data_dir, tmp_path):
     names = set(report['export'].tensors)
     assert {'fpn_lateral3.weight', 'fpn_lateral5.bias', 'fpn_output4.weight'} <= names
     assert 'fpn_output5.weight' not in names
-
-
-def test_moco_queue_is_checkpointed_and_resume_is_exact(data_dir, tmp_path):
-  config = _config(moco_config, **{'data.dir': data_dir, 'total_steps': 3})
-  out = train.train_and_evaluate(config, str(tmp_path / 'full'))
-  full = out['state']
-  assert np.isfinite(out['metrics']['train/moco_loss'])
-  part = str(tmp_path / 'part')
-  train.train_and_evaluate(config, part, stop_after_steps=2)
-  resumed = train.train_and_evaluate(config, part)['state']
-  q_full, q_res = (np.asarray(s.method_state['moco']['queue']) for s in (full, resumed))
-  assert int(resumed.method_state['moco']['pointer']) == 3 * 8 % 64
-  np.testing.assert_array_equal(q_full, q_res)
-  jax.tree.map(np.testing.assert_array_equal, full.online_params, resumed.online_params)
-  np.testing.assert_allclose(np.linalg.norm(q_full, axis=-1), 1.0, rtol=1e-5)
 
 
 def test_paper_presets():
