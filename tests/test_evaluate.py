@@ -229,11 +229,13 @@ def _check_result(r):
 
 
 def test_end_to_end_on_a_trained_checkpoint_and_the_random_floor(tmp_path):
-  # One test (one pytest worker): the 1-step DetCon-B run is made once.
+  # One test (one pytest worker): the 2-step DetCon-B run is made once.
   data, val = _class_data(tmp_path)
   config = detcon_b.get_config('test')
   config.data.dir = data
-  config.total_steps = 1
+  # 2 steps: the program of test_convert's DetCon-B run (the compilation
+  # cache serves it; CI time).
+  config.total_steps = 2
   workdir = str(tmp_path / 'run')
   train.train_and_evaluate(config, workdir)
 
@@ -246,7 +248,7 @@ def test_end_to_end_on_a_trained_checkpoint_and_the_random_floor(tmp_path):
   assert 'mIoU' in done.stdout
   r = json.load(open(os.path.join(workdir, 'probe_c4+c5_online.json')))
   _check_result(r)
-  assert r['step'] == 1 and r['probe']['network'] == 'online'
+  assert r['step'] == 2 and r['probe']['network'] == 'online'
   assert r['probe']['feature_grid'] == [4, 4] and r['probe']['feature_channels'] == 768
   assert r['probe']['num_devices'] == 4
   # The floor: a random-init ResNet-10 (its size from the workdir's config),
