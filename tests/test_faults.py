@@ -24,29 +24,14 @@ import sys
 import numpy as np
 import pytest
 
-from configs import byol, detcon_b, simclr
 from data_pipeline import records
 from dense_ssl import checkpoint as ckpt_lib
 from dense_ssl import config_check
 from dense_ssl import train
 from tests import mask_records
+from tests.test_train import make_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = dict(byol=byol, simclr=simclr, detcon_b=detcon_b)
-
-
-def make_config(name, data_dir='', **overrides):
-  c = CONFIGS[name].get_config('test')
-  c.data.dir = data_dir
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
-
-
 def user_lines(stderr):
   """stderr without absl/JAX/TF log lines: what the user is told."""
   noise = re.compile(r'^([IWEF]\d{4} |WARNING: All log messages before absl|'
