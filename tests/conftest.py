@@ -16,7 +16,7 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=4').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-# Many tests compile the same ResNet-18 step (test presets): a persistent
+# Many tests compile the same ResNet-10 step (test presets): a persistent
 # compilation cache shared by the pytest workers compiles each once.
 _CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       '.cache', 'jax')
