@@ -70,6 +70,13 @@ def base_config(name, preset, **weights):
       solarize_prob=(0.0, 0.2),
       shuffle_buffer=10_000,
       file_parallel_reads=8,
+      # Multi-crop (data_pipeline/view_config.py): N local crops after the
+      # global views; read only by objectives that use them (CLoVE).
+      num_local_crops=0,
+      local_crop_size=96,
+      local_crop_area=(0.05, 0.14),
+      local_blur_prob=0.5,
+      local_solarize_prob=0.0,
       # The colour recipe runs in the training step (dense_ssl/ops/color.py):
       # the host ships uint8 views; 'host' applies it in tf.data instead.
       color_on='device',

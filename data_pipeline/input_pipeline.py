@@ -67,9 +67,18 @@ view_sizes [image_size for each view], view_crop_areas [crop_area for each
 view], shared_flip [False], color_jitter_prob [0.8], brightness [0.4],
 contrast [0.4], saturation [0.2], hue [0.1], grayscale_prob [0.2], blur_prob
 [(1.0, 0.1)], blur_sigma [(0.1, 2.0)], solarize_prob [(0.0, 0.2)],
-shuffle_buffer [10000], num_parallel [AUTOTUNE], file_parallel_reads [8].
-A third or later view (multi-crop, CLoVE) is a config change: extend
-view_modes, view_sizes, view_crop_areas, blur_prob and solarize_prob.
+shuffle_buffer [10000], num_parallel [AUTOTUNE], file_parallel_reads [8],
+num_local_crops [0], local_crop_size [96], local_crop_area [(0.05, 0.14)],
+local_blur_prob [0.5], local_solarize_prob [0.0].
+
+Multi-crop: data.num_local_crops = N adds N local views after the global
+ones (view{G+1} ... view{G+N}; view_config.view_specs), each an Inception
+crop of area local_crop_area resized to local_crop_size, with its own flip
+and geometry (box, flip) like any view. They draw from their own stream
+(the example's seed folded with _LOCAL_STREAM), so adding local crops
+changes no global view.
+A third or later global view is a config change too: extend view_modes,
+view_sizes, view_crop_areas, blur_prob and solarize_prob.
 
 Damaged datasets: a manifest marked "partial" (an interrupted precompute) is
 refused; a shard whose size differs from the manifest's is refused when the
@@ -93,6 +102,7 @@ tf = tf_setup.hide_accelerators()
 
 _get = view_config.get
 MASK_KINDS = view_config.MASK_KINDS
+_LOCAL_STREAM = 0x10CA1  # Folded into an example's seed for its local crops.
 _FH_NAME = re.compile(r'^fh_s([0-9.e+-]+)_m([0-9.e+-]+)_sig([0-9.e+-]+)$')
 
 
@@ -403,8 +413,15 @@ def make_views_fn(data_config, mask_names, masks_dtype=tf.int32):
   grid_size = int(_get(data_config, 'grid_size', 4))
   is_grid = _get(data_config, 'mask', 'fh') == 'grid'
 
+  num_global = sum(not spec.local for spec in specs)
+
   def fn(seed, serialized):
-    s_mask, s_flip, *s_views = augment.split_seed(seed, 2 + len(specs))
+    s_mask, s_flip, *s_views = augment.split_seed(seed, 2 + num_global)
+    if num_global < len(specs):
+      # Local crops draw from their own stream: adding them changes no global view.
+      s_views += augment.split_seed(
+          tf.random.experimental.stateless_fold_in(seed, _LOCAL_STREAM),
+          len(specs) - num_global)
     image, labels = parse_and_decode(serialized, mask_names, s_mask)
     if is_grid:
       # DetCon Sec. 3.2: the grid divides the image; like any mask it is then
@@ -414,7 +431,9 @@ def make_views_fn(data_config, mask_names, masks_dtype=tf.int32):
     flip = tf.random.stateless_uniform([], s_flip) < 0.5 if shared else None
     out = {}
     for k, (spec, s) in enumerate(zip(specs, s_views)):
-      for key, v in make_view(image, labels, s, spec, color, flip, masks_dtype).items():
+      view_flip = None if spec.local else flip   # Local crops flip on their own.
+      for key, v in make_view(image, labels, s, spec, color, view_flip,
+                              masks_dtype).items():
         out[f'view{k + 1}/{key}'] = v
     return out
 

@@ -3,8 +3,14 @@
   python -m data_pipeline.visualize --data_dir=DIR --out=batch.png \
       [--mask=fh --fh_scale=1000 --num_examples=4 --seed=0 --image_size=128]
 
-One row per example: the original image with both crop windows, then view 1
-and view 2 (denormalised) with the label map overlaid; the same id has the same
+  python -m data_pipeline.visualize --data_dir=DIR --out=multicrop.png \
+      --num_local_crops=4 --local_crop_size=64
+
+One row per example: the original image with both crop windows (and the
+local crops' windows, dashed), then view 1 and view 2 (denormalised) with
+the label map overlaid, then each local crop (multi-crop,
+--num_local_crops); the views are shown after the colour recipe exactly as
+the training step applies it (dense_ssl/ops/color.augment_views); the same id has the same
 colour in both views (colour = a fixed hash of the id). Lines join points of
 view 1 to the same scene points in view 2, computed only from the recorded
 geometry (box, flip): view 1 pixel -> original coordinates -> view 2 pixel,
@@ -22,6 +28,7 @@ from data_pipeline import augment
 from data_pipeline import input_pipeline
 from data_pipeline import records
 from data_pipeline import tf_setup
+from data_pipeline import view_config
 
 tf = tf_setup.hide_accelerators()
 
@@ -38,6 +45,9 @@ _MODES = flags.DEFINE_list('view_modes', ['crop', 'crop'], 'data.view_modes.')
 _SHARED_FLIP = flags.DEFINE_bool('shared_flip', False, 'data.shared_flip.')
 _COLOR = flags.DEFINE_bool('color', True, 'Apply the colour augmentations.')
 _POINTS = flags.DEFINE_integer('num_points', 8, 'Correspondence points tried per example.')
+_LOCAL = flags.DEFINE_integer('num_local_crops', 0, 'data.num_local_crops (multi-crop).')
+_LOCAL_SIZE = flags.DEFINE_integer('local_crop_size', 64, 'data.local_crop_size.')
+_LOCAL_AREA = flags.DEFINE_list('local_crop_area', ['0.05', '0.14'], 'data.local_crop_area.')
 
 
 def id_colour(i):
@@ -106,10 +116,13 @@ def main(argv):
   cfg = dict(dir=_DATA_DIR.value, image_size=size, mask=_MASK.value,
              fh_scale=_FH_SCALE.value, grid_size=_GRID.value, shuffle_buffer=256,
              view_modes=tuple(_MODES.value), shared_flip=_SHARED_FLIP.value,
-             color_on='device')
+             color_on='device', num_local_crops=_LOCAL.value,
+             local_crop_size=_LOCAL_SIZE.value,
+             local_crop_area=tuple(float(a) for a in _LOCAL_AREA.value))
   if not _COLOR.value:
     cfg.update(color_jitter_prob=0., grayscale_prob=0., blur_prob=(0., 0.),
-               solarize_prob=(0., 0.))
+               solarize_prob=(0., 0.), local_blur_prob=0.)
+  local_views = view_config.local_view_names(cfg)
   ds = input_pipeline.make_pretrain_dataset(cfg, global_batch_size=n, seed=_SEED.value,
                                             start_step=_STEP.value, with_metadata=True)
   batch = {k: v[0] for k, v in next(ds.as_numpy_iterator()).items()}
@@ -123,26 +136,33 @@ def main(argv):
   mean, std = np.array(augment.IMAGENET_MEAN), np.array(augment.IMAGENET_STD)
   rng = np.random.default_rng(0)
 
-  fig, axes = plt.subplots(n, 3, figsize=(10.5, 3.5 * n), squeeze=False)
+  cols = 3 + len(local_views)
+  fig, axes = plt.subplots(n, cols, figsize=(3.5 * cols, 3.5 * n), squeeze=False)
   for b in range(n):
     box1, box2 = batch['view1/box'][b], batch['view2/box'][b]
     flip1, flip2 = batch['view1/flip'][b], batch['view2/flip'][b]
-    ax0, ax1, ax2 = axes[b]
+    ax0, ax1, ax2 = axes[b][:3]
+    local_colours = plt.cm.Set2(np.arange(max(1, len(local_views))) % 8)
     orig = originals.get(batch['meta/id'][b])
     if orig is not None:
       h, w = orig.shape[:2]
       ax0.imshow(orig)
-      for box, c, name in ((box1, 'tab:orange', 'view 1'), (box2, 'tab:cyan', 'view 2')):
+      windows = [(box1, 'tab:orange', 'view 1', '-'), (box2, 'tab:cyan', 'view 2', '-')]
+      windows += [(batch[f'{v}/box'][b], c, f'local {i + 1}', '--')
+                  for i, (v, c) in enumerate(zip(local_views, local_colours))]
+      for box, c, name, style in windows:
         y0, x0, y1, x1 = box
         ax0.add_patch(Rectangle((x0 * w - .5, y0 * h - .5), (x1 - x0) * w, (y1 - y0) * h,
-                                fill=False, ec=c, lw=2, label=name))
+                                fill=False, ec=c, lw=2, ls=style, label=name))
       ax0.legend(loc='lower right', fontsize=7)
     ax0.set_title(batch['meta/id'][b].decode(), fontsize=8)
-    for ax, v in ((ax1, 'view1'), (ax2, 'view2')):
+    views = [(ax1, 'view1', 'view 1'), (ax2, 'view2', 'view 2')]
+    views += [(axes[b][3 + i], v, f'local {i + 1} ({v})') for i, v in enumerate(local_views)]
+    for ax, v, name in views:
       img = np.clip(batch[f'{v}/image'][b] * std + mean, 0, 1)
       ax.imshow(overlay(img, batch[f'{v}/mask'][b]))
       y0, x0, y1, x1 = batch[f'{v}/box'][b]
-      ax.set_title(f'{v}: box ({y0:.2f}, {x0:.2f}, {y1:.2f}, {x1:.2f})'
+      ax.set_title(f'{name}: box ({y0:.2f}, {x0:.2f}, {y1:.2f}, {x1:.2f})'
                    f' flip {batch[f"{v}/flip"][b]}', fontsize=8)
     # Correspondences from geometry only.
     # Many candidates in view 1; keep the first few that view 2 also shows.

@@ -25,7 +25,7 @@ the device count).
 """
 
 from dense_ssl import objectives as objectives_lib
-from data_pipeline.view_config import MASK_KINDS, VIEW_MODES
+from data_pipeline.view_config import LOCAL_DEFAULTS, MASK_KINDS, VIEW_MODES
 from dense_ssl import optim
 from dense_ssl.models import resnet
 from dense_ssl.objectives.base import check
@@ -194,6 +194,15 @@ def _data_problems(config):
   for key in ('shuffle_buffer', 'file_parallel_reads'):
     if key in d:
       p += check(f'data.{key}', d[key], '>= 1', integer=True)
+  n_local = d.get('num_local_crops', 0)
+  p += check('data.num_local_crops', n_local, '>= 0', integer=True)
+  if is_number(n_local, integer=True) and n_local > 0:
+    local = lambda key: d.get(key, LOCAL_DEFAULTS[key])
+    p += _image_size('data.local_crop_size', local('local_crop_size'))
+    p += _pair('data.local_crop_area', local('local_crop_area'), low=0, high=1,
+               what='the area range')
+    for key in ('local_blur_prob', 'local_solarize_prob'):
+      p += check(f'data.{key}', local(key), 'in [0, 1]')
   return p
 
 

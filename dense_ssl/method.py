@@ -8,7 +8,9 @@ LC-loss = 0.9 byol + 0.1 lc, ReSim = moco + resim, ... (objectives/). One
 network serves them all (models/network.py): the encoder runs once per
 view and branch (online, and the EMA target when any objective reads it),
 the pooled vectors of every objective share one projector / predictor pass,
-and each objective adds its heads. The trainer (train.py) owns the rest:
+and each objective adds its heads. With multi-crop (config.data.num_local_crops)
+the online network also runs once on all local crops, for the objectives
+that read them (CLoVE; Method.local_pass). The trainer (train.py) owns the rest:
 optimiser, EMA, devices, checkpoints.
 
   method.init(rng, batch) -> dict(online=variables, target=variables | None, state=dict)
@@ -23,9 +25,11 @@ differentiated (stop_gradient here).
 
 import functools
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 
+from data_pipeline import view_config
 from dense_ssl import objectives as objectives_lib
 from dense_ssl.models import network
 from dense_ssl.objectives import base
@@ -61,6 +65,14 @@ class Method:
     self.online = network_from_config(config, self.objectives, online=True)
     self.target = (network_from_config(config, self.objectives, online=False)
                    if self.uses_target else None)
+    if (view_config.num_local_crops(config.data)
+        and not any(o.uses_local_crops for o in self.objectives)):
+      logging.warning('config.data.num_local_crops=%d, but no active objective reads local '
+                      'crops (only %s do): the pipeline makes them and the step ignores '
+                      'them; set config.data.num_local_crops=0 to save the host the work',
+                      view_config.num_local_crops(config.data),
+                      [n for n, (cls, _) in objectives_lib.REGISTRY.items()
+                       if cls.uses_local_crops])
     passes = frozenset().union(*(o.passes for o in self.objectives))
     self.passes = passes if self.uses_target else frozenset(
         p for p in passes if p[0] == ONLINE)
@@ -94,11 +106,33 @@ class Method:
   # ------------------------------------------------------------------ loss --
 
   @staticmethod
-  def apply(net, params, batch_stats, images, pool):
+  def apply(net, params, batch_stats, images, pool, heads_used=None):
     """One train-mode pass; returns (outputs, updated batch_stats)."""
     out, updates = net.apply({'params': params, 'batch_stats': batch_stats},
-                             images, pool=pool, train=True, mutable=['batch_stats'])
+                             images, pool=pool, train=True, heads_used=heads_used,
+                             mutable=['batch_stats'])
     return out, updates['batch_stats']
+
+  def local_pass(self, online_params, stats, batch):
+    """The online network on every local crop at once -> (per-crop outputs, stats).
+
+    Multi-crop (config.data.num_local_crops, SwAV/DINO style): the N local
+    crops [B, s, s, 3] of the device batch go through the encoder as one
+    [N B, s, s, 3] batch (one BatchNorm batch, as those releases concatenate
+    crops of one size) with only the heads of the objectives that read them
+    and no shared-projector pool; the outputs are split back per crop.
+    """
+    users = tuple(i for i, o in enumerate(self.objectives) if o.uses_local_crops)
+    names = view_config.local_view_names(self.config.data) if users else ()
+    if not names:
+      return (), (), stats
+    images = jnp.concatenate([batch[f'{v}/image'] for v in names], axis=0)
+    out, stats = self.apply(self.online, online_params, stats, images, lambda _: {},
+                            heads_used=users)
+    b = batch[f'{names[0]}/image'].shape[0]
+    per_crop = tuple(jax.tree.map(lambda x, i=i: x[i * b:(i + 1) * b], out)
+                     for i in range(len(names)))
+    return per_crop, names, stats
 
   def forward(self, online_params, online_batch_stats, target_variables, batch, rng):
     """The passes the objectives read -> (Context, plans, online stats, target stats)."""
@@ -117,6 +151,7 @@ class Method:
       if (ONLINE, v) in self.passes:
         online[v], stats = self.apply(self.online, online_params, stats, images[v],
                                       view_pool(v))
+    online_local, local_views, stats = self.local_pass(online_params, stats, batch)
     if self.uses_target:
       tparams = jax.tree.map(jax.lax.stop_gradient, target_variables['params'])
       tstats = target_variables['batch_stats']
@@ -124,7 +159,8 @@ class Method:
         if (TARGET, v) in self.passes:
           target[v], tstats = self.apply(self.target, tparams, tstats, images[v],
                                          view_pool(v))
-    ctx = base.Context(online=tuple(online), target=tuple(target), batch=batch)
+    ctx = base.Context(online=tuple(online), target=tuple(target), batch=batch,
+                       online_local=online_local, local_views=local_views)
     return ctx, plans, stats, tstats
 
   def loss(self, online_params, online_batch_stats, target_variables, method_state, batch,

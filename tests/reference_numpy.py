@@ -176,3 +176,64 @@ def infonce_ref(query, key, queue, temperature):
     logits = np.concatenate([[q[i] @ k[i]], queue @ q[i]]) / temperature
     losses.append(_logsumexp(logits) - logits[0])
   return float(np.mean(losses))
+
+
+def neighbour_pairs_ref(box_a, flip_a, box_b, flip_b, grid_a, grid_b, t_pos=0.7):
+  """CLoVE Eq. 1 with PixPro's normalisation, cell by cell: [B, La, Lb] bool.
+
+  Cell (i, j) of an h x w view has its centre at ((i + .5) / h, (j + .5) / w)
+  in view coordinates; mirrored x when flipped; mapped into the original by
+  the crop box. Pair when the distance over the larger cell diagonal (in
+  original coordinates) is below t_pos.
+  """
+  def centres(box, flip, grid):
+    h, w = grid
+    y0, x0, y1, x1 = np.asarray(box, np.float64)
+    out = []
+    for i in range(h):
+      for j in range(w):
+        vy, vx = (i + 0.5) / h, (j + 0.5) / w
+        if flip:
+          vx = 1 - vx
+        out.append((y0 + vy * (y1 - y0), x0 + vx * (x1 - x0)))
+    return np.array(out)
+
+  def diag(box, grid):
+    y0, x0, y1, x1 = np.asarray(box, np.float64)
+    return np.hypot((y1 - y0) / grid[0], (x1 - x0) / grid[1])
+
+  out = []
+  for b in range(len(box_a)):
+    pa = centres(box_a[b], flip_a[b], grid_a)
+    pb = centres(box_b[b], flip_b[b], grid_b)
+    scale = max(diag(box_a[b], grid_a), diag(box_b[b], grid_b))
+    d = np.array([[np.linalg.norm(p - q) for q in pb] for p in pa])
+    out.append(d / scale < t_pos)
+  return np.array(out)
+
+
+def clove_loss_ref(pred, target, positive, top_k=10, margin=100.0, lam=1.0):
+  """CLoVE Eq. 2, one direction, averaged over the pairs (losses/clove.py).
+
+  pred [B, La, D], target [B, Lb, D], positive [B, La, Lb]. F_neg of a cell:
+  the mean of the normalised target cells ranked 2nd ... k-th by similarity
+  among ALL cells with the positives ranked last (as a top-k of min(k, Lb)
+  with positives at -inf), the hardest dropped, positives never used; the
+  zero vector when none is left.
+  """
+  c, f = _normalize(pred), _normalize(target)
+  k = min(top_k, f.shape[1])
+  hinges = []
+  for b in range(len(c)):
+    for i in range(c.shape[1]):
+      sims = f[b] @ c[b, i]
+      negatives = [j for j in np.argsort(-sims, kind='stable')
+                   if not positive[b, i, j]][:k]
+      used = negatives[1:]
+      f_neg = f[b, used].mean(0) if used else np.zeros(f.shape[-1])
+      norm = np.linalg.norm(f_neg)
+      neg_cos = c[b, i] @ (f_neg / norm) if norm > 0 else 0.0
+      for j in range(f.shape[1]):
+        if positive[b, i, j]:
+          hinges.append(max(0.0, -lam * (c[b, i] @ f[b, j]) + neg_cos + margin))
+  return float(np.mean(hinges)) if hinges else 0.0

@@ -249,6 +249,34 @@ def test_one_device_equals_four_devices():
     np.testing.assert_allclose(np.asarray(four), one, atol=1e-5, rtol=0)
 
 
+def test_local_crops_get_their_recipe_and_the_same_views_on_one_and_four_devices():
+  """Multi-crop: augment_views colours the local crops too (their own blur and
+  solarize settings), with the same draws however the batch is split."""
+  cfg = dict(num_local_crops=2, local_crop_size=8, local_blur_prob=0.5,
+             local_solarize_prob=0.0)
+  specs = view_config.view_specs(cfg)
+  assert [s.local for s in specs] == [False, False, True, True]
+  assert color.view_color_spec(cfg, 3).blur_prob == 0.5
+  assert color.view_color_spec(cfg, 3).solarize_prob == 0.0
+  r = np.random.default_rng(1)
+  batch = {}
+  for k, size in enumerate((16, 16, 8, 8)):
+    batch[f'view{k + 1}/image'] = r.integers(0, 256, (8, size, size, 3)).astype(np.uint8)
+    batch[f'view{k + 1}/mask'] = r.integers(0, 5, (8, size, size)).astype(np.uint8)
+  step = jnp.int32(3)
+  one = color.augment_views(batch, seed=0, step=step, data_config=cfg, axis_name=None)
+  mesh = Mesh(np.asarray(jax.devices()[:4]), ('batch',))
+  four = jax.jit(jax.shard_map(
+      lambda b, s: color.augment_views(b, seed=0, step=s, data_config=cfg),
+      mesh=mesh, in_specs=(P('batch'), P()), out_specs=P('batch')))(batch, step)
+  for key in batch:
+    np.testing.assert_allclose(np.asarray(four[key]), np.asarray(one[key]), atol=1e-5,
+                               rtol=0, err_msg=key)
+  assert one['view3/image'].dtype == jnp.float32 and one['view4/mask'].dtype == jnp.int32
+  # A local crop's colour is its own draw, not view 1's.
+  assert not np.allclose(np.asarray(one['view3/image']), np.asarray(one['view4/image']))
+
+
 def test_float_input_and_stop_gradient():
   imgs = _batch(2)
   as_float = jnp.asarray(imgs, jnp.float32) / 255.

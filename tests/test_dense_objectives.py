@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from configs import clove as clove_config
+from configs import detcon_b
 from configs import detcon_b_lc
 from configs import resim as resim_config
 from dense_ssl import convert
@@ -178,6 +179,94 @@ def test_one_device_equals_four_devices(module, overrides):
   jax.tree.map(close, s1.method_state, s4.method_state)   # MoCo's queue, in order.
   if 'moco' in s1.method_state:
     assert int(s1.method_state['moco']['pointer']) == 8
+
+
+# --------------------------------------------------------------- multi-crop ---
+
+def multicrop_batch(n, num_local, *, local_size=32, seed=4, uint8=False):
+  """fake_batch plus `num_local` local crops view3... with random boxes and flips."""
+  batch = fake_batch(n, seed)
+  r = np.random.default_rng(seed)
+  batch['view2/box'] = np.tile(np.array([0.1, 0.2, 0.9, 1.0], np.float32), (n, 1))
+  batch['view2/flip'] = np.array([0, 1] * (n // 2), np.int32)
+  for k in range(num_local):
+    v = f'view{3 + k}'
+    batch[f'{v}/image'] = r.normal(size=(n, local_size, local_size, 3)).astype(np.float32)
+    batch[f'{v}/mask'] = np.zeros((n, local_size, local_size), np.int32)
+    y0, x0, side = r.uniform(0, .6, n), r.uniform(0, .6, n), r.uniform(.2, .4, n)
+    batch[f'{v}/box'] = np.stack([y0, x0, y0 + side, x0 + side], -1).astype(np.float32)
+    batch[f'{v}/flip'] = r.integers(0, 2, n).astype(np.int32)
+  if uint8:
+    for k in range(2 + num_local):
+      v = f'view{k + 1}'
+      batch[f'{v}/image'] = r.integers(0, 256, batch[f'{v}/image'].shape).astype(np.uint8)
+      batch[f'{v}/mask'] = batch[f'{v}/mask'].astype(np.uint8)
+  return batch
+
+
+def test_multicrop_clove_equals_the_float64_mean_of_its_terms():
+  """CLoVE with 2 local crops: (l_12 + l_21 + sum_k (l_k1 + l_k2)) / 6, each term
+  re-derived in float64 numpy (Eq. 1 pairs, Eq. 2 loss) from the network's outputs."""
+  from dense_ssl import method as method_lib   # pylint: disable=g-import-not-at-top
+  from dense_ssl.objectives import base        # pylint: disable=g-import-not-at-top
+  from tests import reference_numpy as ref      # pylint: disable=g-import-not-at-top
+  config = _config(clove_config, **{'data.num_local_crops': 2, 'data.local_crop_size': 32,
+                                    'objectives.clove.margin': 0.5})
+  method = method_lib.Method(config)
+  batch = multicrop_batch(4, 2)
+  variables = method.init(jax.random.PRNGKey(0), batch)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), (base.AXIS,))
+
+  def per_device(online, target, batch):
+    ctx, plans, _, _ = method.forward(online['params'], online['batch_stats'], target,
+                                      batch, jax.random.PRNGKey(1))
+    total, metrics, _ = method.objectives[0].loss(ctx, plans['clove'], {})
+    return ctx.online, ctx.target, ctx.online_local, total, metrics
+
+  f = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(jax.sharding.PartitionSpec(),) * 3,
+                            out_specs=jax.sharding.PartitionSpec(), check_vma=False))
+  (o1, o2), (t1, t2), local, total, metrics = jax.device_get(
+      f(variables['online'], variables['target'], batch))
+  assert len(local) == 2 and local[0]['dense_prediction'].shape[1:3] == (1, 1)
+  c = config.objectives.clove
+  flat = lambda x: np.asarray(x, np.float64).reshape(x.shape[0], -1, x.shape[-1])
+
+  def term(o, sv, t, tv):
+    grid_s, grid_t = o['dense_prediction'].shape[1:3], t['dense'].shape[1:3]
+    pos = ref.neighbour_pairs_ref(batch[f'{sv}/box'], batch[f'{sv}/flip'],
+                                  batch[f'{tv}/box'], batch[f'{tv}/flip'], grid_s, grid_t,
+                                  c.t_pos)
+    return ref.clove_loss_ref(flat(o['dense_prediction']), flat(t['dense']), pos,
+                              c.top_k, c.margin, c.lam)
+
+  terms = [term(o1, 'view1', t2, 'view2'), term(o2, 'view2', t1, 'view1')]
+  local_terms = [term(o, v, t, tv) for o, v in zip(local, ('view3', 'view4'))
+                 for t, tv in ((t1, 'view1'), (t2, 'view2'))]
+  np.testing.assert_allclose(total, np.mean(terms + local_terms), rtol=1e-5)
+  np.testing.assert_allclose(metrics['loss_local'], np.mean(local_terms), rtol=1e-5)
+  assert all(t > 0 for t in local_terms)   # Every local crop found neighbours.
+
+
+@pytest.mark.parametrize('module', [clove_config, detcon_b])
+def test_multicrop_one_device_equals_four_devices(module):
+  """uint8 views + 2 local crops coloured in the step: the same loss and update on
+  1 and 4 devices (DetCon-B ignores the local crops, CLoVE trains on them)."""
+  config = _config(module, **{'optimizer.base_lr': 1.0, 'data.num_local_crops': 2,
+                              'data.local_crop_size': 32})
+  batch = multicrop_batch(8, 2, uint8=True)
+  before, s1, m1 = one_step(config, batch, 1)
+  _, s4, m4 = one_step(config, batch, 4)
+  np.testing.assert_allclose(m1['loss'], m4['loss'], rtol=1e-5)
+  if module is clove_config:
+    assert m1['clove_loss_local'] > 0
+  moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), s1.online_params,
+                       before.online_params)
+  assert max(jax.tree.leaves(moved)) > 1e-4
+  close = lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)
+  for a, b in [(s1.online_params, s4.online_params),
+               (s1.online_batch_stats, s4.online_batch_stats),
+               (s1.target_params, s4.target_params)]:
+    jax.tree.map(close, a, b)
 
 
 @pytest.fixture(scope='module')

@@ -79,7 +79,8 @@ def test_bad_values_are_refused_at_once_naming_the_keys(fh_data_dir, tmp_path):
       'optimizer.base_lr': -0.5, 'data.image_size': 72, 'data.grayscale_prob': 1.5,
       'data.mask': 'fh', 'data.fh_scale': 1000, 'ema.base': 1.5,
       'data.crop_area': (0.9, 0.2), 'objectives.detcon.temperature': 0.0,
-      'objectives.detcon.num_samples': 0})
+      'objectives.detcon.num_samples': 0, 'data.num_local_crops': 2,
+      'data.local_crop_size': 40, 'data.local_crop_area': (0.3, 0.1)})
   workdir = tmp_path / 'run'
   with pytest.raises(config_check.ConfigError) as e:
     train.train_and_evaluate(config, str(workdir))
@@ -92,6 +93,8 @@ def test_bad_values_are_refused_at_once_naming_the_keys(fh_data_dir, tmp_path):
       'config.data.crop_area=(0.9, 0.2): the area range is not ordered',
       'config.objectives.detcon.temperature=0.0: must be > 0',
       'config.objectives.detcon.num_samples=0: must be >= 1',
+      'config.data.local_crop_size=40: must be a multiple of 32',
+      'config.data.local_crop_area=(0.3, 0.1): the area range is not ordered',
   ]
   for line in want:
     assert sum(p.startswith(line) for p in e.value.problems) == 1, (line, e.value.problems)

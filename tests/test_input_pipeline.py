@@ -76,15 +76,15 @@ def view_coords(box, flip, size):
   return y0 + vy * (y1 - y0), x0 + vx * (x1 - x0)
 
 
-def check_geometry(batch, view, h=H, w=W):
+def check_geometry(batch, view, h=H, w=W, size=S):
   """Every pixel of the view shows the original point its box/flip says."""
-  img = batch[f'{view}/image'].reshape(-1, S, S, 3)
+  img = batch[f'{view}/image'].reshape(-1, size, size, 3)
   img = (img * np.array(augment.IMAGENET_STD) + np.array(augment.IMAGENET_MEAN)) * 255
-  mask = batch[f'{view}/mask'].reshape(-1, S, S)
+  mask = batch[f'{view}/mask'].reshape(-1, size, size)
   boxes = batch[f'{view}/box'].reshape(-1, 4)
   flips = batch[f'{view}/flip'].reshape(-1)
   for b in range(len(boxes)):
-    y, x = view_coords(boxes[b], flips[b], S)
+    y, x = view_coords(boxes[b], flips[b], size)
     # Image: a bicubic resize of a linear ramp reproduces it; up to half a
     # source pixel where the window edge clamps the interpolation.
     np.testing.assert_allclose(img[b, ..., 0], x * w - 0.5, atol=0.6)
@@ -145,6 +145,38 @@ def test_third_view_with_own_size_is_config(coord_dir):
   assert batch['view3/mask'].shape == (1, 4, 8, 8)
   b = batch['view3/box'].reshape(-1, 4)
   assert np.all((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) < 0.2)
+
+
+def test_local_crops_have_their_own_geometry_and_stream(coord_dir):
+  """Multi-crop: N local views after the globals, each passing the coordinate test.
+
+  Local crops draw from their own stream, so the global views are those of
+  the same config without local crops.
+  """
+  local = dict(num_local_crops=3, local_crop_size=16, local_crop_area=(0.05, 0.14),
+               local_blur_prob=0.)
+  cfg = config(coord_dir, **local)
+  ds = ip.make_pretrain_dataset(cfg, global_batch_size=4, seed=3, with_metadata=True)
+  plain = ip.make_pretrain_dataset(config(coord_dir), global_batch_size=4, seed=3,
+                                   with_metadata=True)
+  areas = []
+  for batch, ref in zip(take(ds, 3), take(plain, 3)):
+    assert sorted(k for k in batch if k.startswith('view')) == sorted(
+        f'view{v}/{k}' for v in range(1, 6) for k in ('image', 'mask', 'box', 'flip'))
+    for v in ('view1', 'view2'):
+      for k in ('image', 'mask', 'box', 'flip'):
+        np.testing.assert_array_equal(batch[f'{v}/{k}'], ref[f'{v}/{k}'])
+      check_geometry(batch, v)
+    for v in ('view3', 'view4', 'view5'):
+      assert batch[f'{v}/image'].shape == (1, 4, 16, 16, 3)
+      check_geometry(batch, v, size=16)
+      b = batch[f'{v}/box'].reshape(-1, 4)
+      areas.append((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))
+    # The local crops of an example are different crops.
+    assert not np.allclose(batch['view3/box'], batch['view4/box'])
+  # Inside the local area range, up to the rounding of the window to pixels.
+  areas = np.concatenate(areas)
+  assert areas.min() > 0.04 and areas.max() < 0.16
 
 
 def test_grid_mask(coord_dir):

@@ -44,9 +44,13 @@ class SSLNetwork(nn.Module):
   objective_heads: Tuple[Callable, ...] = ()
 
   @nn.compact
-  def __call__(self, images, *, pool: Callable, train: bool = True):
+  def __call__(self, images, *, pool: Callable, train: bool = True,
+               heads_used: Optional[Tuple[int, ...]] = None):
     """images [B, S, S, 3]; pool: feats -> {slot: [B, K_slot, C]}.
 
+    heads_used: indices into objective_heads to run (None: all). The local
+    crops' pass runs only the heads of objectives that read them, so no
+    other head's BatchNorm statistics see them.
     Returns features {'c2'..'c5'}, and for a non-empty pool 'projection'
     (and 'prediction') {slot: [B, K_slot, D]}, plus each head's outputs.
     """
@@ -66,6 +70,7 @@ class SSLNetwork(nn.Module):
       if self.use_predictor:
         out['prediction'] = split(heads.MLPHead(
             self.predictor_hidden, self.projector_dim, name='predictor', **kw)(z, train))
-    for head in self.objective_heads:
-      out.update(head(feats, train=train, **kw))
+    for i, head in enumerate(self.objective_heads):
+      if heads_used is None or i in heads_used:
+        out.update(head(feats, train=train, **kw))
     return out

@@ -17,6 +17,9 @@ Interface (class attributes and methods; all optional but `name` and `loss`):
   uses_target      reads the EMA target network
   uses_predictor   needs the shared MLP predictor on the online side
   has_state        keeps state outside the networks (MoCo's queue)
+  uses_local_crops reads the multi-crop local views (config.data.num_local_crops):
+                   the online network then also runs on them, once, on all
+                   local crops of the device batch together (Context.online_local)
   passes           the (branch, view) forward passes it reads
   default_config(preset) -> its config subtree (module-level function)
   heads(feats, train=, online=, dtype=, bn_axis_name=) -> {output name: value}
@@ -37,7 +40,9 @@ Interface (class attributes and methods; all optional but `name` and `loss`):
                    every `temperature` / `*_temperature` > 0.
 
 `ctx` (Context) holds the network outputs of the passes the objectives
-read (None elsewhere) and the batch. Everything runs inside the per-device
+read (None elsewhere), the online outputs of each local crop (when an
+objective uses them; the EMA target sees only the global views, as in
+SwAV/DINO-style multi-crop) and the batch. Everything runs inside the per-device
 step with the mapped axis AXIS bound.
 """
 
@@ -70,6 +75,11 @@ class Context:
   online: Tuple[Optional[dict], Optional[dict]]
   target: Tuple[Optional[dict], Optional[dict]]
   batch: Any
+  # Online outputs of each local crop, in order (views G+1 ... G+N); () when
+  # there are none or no objective uses them. `local_views`: their batch
+  # prefixes ('view3', ...), for their box/flip.
+  online_local: Tuple[dict, ...] = ()
+  local_views: Tuple[str, ...] = ()
 
 
 def objective_config(weight=0.0, **hyper):
@@ -117,6 +127,7 @@ class Objective:
   uses_target = True
   uses_predictor = False
   has_state = False
+  uses_local_crops = False
   passes = ALL_PASSES
 
   def __init__(self, config):

@@ -18,11 +18,12 @@ The recipe (Grill et al. 2020, Table 6), per view k, with the settings of
      the hue circle (as a fraction of a turn).
   2. grayscale (ITU-R 601 luma, replicated to 3 channels) with probability
      `grayscale_prob` (0.2);
-  3. Gaussian blur with probability `blur_prob[k]` ((1.0, 0.1)), sigma ~
+  3. Gaussian blur with probability `blur_prob[k]` ((1.0, 0.1); multi-crop
+     local crops: `local_blur_prob`, 0.5), sigma ~
      U(`blur_sigma`) ((0.1, 2.0)) pixels, a kernel of 2 * (S // 20) + 1 taps
      (about 10% of the view: 23 at 224, 9 at 96), reflect padding;
   4. solarize (x -> 1 - x where x >= 0.5) with probability
-     `solarize_prob[k]` ((0.0, 0.2));
+     `solarize_prob[k]` ((0.0, 0.2); local crops: `local_solarize_prob`, 0);
   5. clip to [0, 1], then ImageNet mean/std normalisation.
 'color_only' views (`data.view_modes`, LC-loss's I_c) get the same recipe: the
 mode changes only the geometry, which is done before this module.
@@ -101,7 +102,8 @@ def view_color_spec(data_config: Any, view_index: int) -> ColorSpec:
   """
   specs = view_config.view_specs(data_config)
   if not 0 <= view_index < len(specs):
-    raise ValueError(f'view_index={view_index}: data.view_modes has {len(specs)} views')
+    raise ValueError(f'view_index={view_index}: config.data has {len(specs)} views'
+                     ' (data.view_modes and data.num_local_crops)')
   kw = view_config.color_kwargs(data_config)
   return ColorSpec(
       color_jitter_prob=kw['color_jitter_prob'], brightness=kw['brightness'],
