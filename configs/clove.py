@@ -9,9 +9,8 @@ lambda = 1; multi-crop as the public code and the paper's best setting
 (Table 8): 2 global 224 px views + 6 local 96 px crops of area (0.05, 0.14)
 (how local crops enter the loss: dense_ssl/objectives/clove.py).
 The 2-view CLoVE (Table 8's other rows): --config.data.num_local_crops=0.
-coco: the same on COCO. demo: 2 global 96 px + 4 local 32 px crops. test:
-2 views (the trainer tests' golden values; multi-crop tests set
-data.num_local_crops).
+coco: the same on COCO. demo and test: 2 views (CPU: tiny local crops are
+slow there, see below; the tests set data.num_local_crops themselves).
 
   python -m dense_ssl.main --config=configs/clove.py:imagenet --workdir=WORKDIR \
       --config.data.dir=MASKS_DIR
@@ -35,11 +34,11 @@ def get_config(arg=None):
   c.data.num_local_crops = 6
   c = common.apply_preset(c, preset)
   c.data.mask = 'grid'              # No masks.
-  if preset == 'demo':
-    # Same ratio of local to global size as 96 / 224 would give 41 px; 32 px
-    # is the nearest the ResNet takes (a 1 x 1 C5 cell per local crop).
-    c.data.num_local_crops = 4
-    c.data.local_crop_size = 32
-  elif preset == 'test':
+  if preset in ('demo', 'test'):
+    # 2 views on CPU: local crops small enough for 96 px views (32 px, a 1 x 1
+    # C5 map) hit XLA:CPU's slow path for 3x3 convolutions on tiny maps
+    # (WORKSPACE.md section 8): 4 such crops made the demo step 3.5x slower
+    # (13-17 vs 3.7-5 s/step, measured). Multi-crop on CPU:
+    # --config.data.num_local_crops=4 --config.data.local_crop_size=32.
     c.data.num_local_crops = 0
   return c

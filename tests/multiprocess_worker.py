@@ -22,6 +22,8 @@ finishes well after the others).
 import os
 import sys
 
+from tests import subprocess_env
+
 
 def run(steps):
   """S DetCon-B test-preset steps on a fixed global batch, over all devices.
@@ -103,8 +105,7 @@ def main(argv):
       late, rest = float(rest[0].split('=', 1)[1]), rest[1:]
     return record_main(argv[1].split('=', 1)[1], rest, late)
   args = dict(a.lstrip('-').split('=', 1) for a in argv[1:])
-  os.environ['XLA_FLAGS'] = (
-      f'--xla_force_host_platform_device_count={args["devices"]}')
+  os.environ['XLA_FLAGS'] = subprocess_env.xla_flags(int(args['devices']))
   os.environ['JAX_PLATFORMS'] = 'cpu'
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top

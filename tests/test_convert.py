@@ -31,6 +31,7 @@ from dense_ssl.export import detectron2_format as d2  # noqa: E402
 from dense_ssl.export import torchvision_format as tvf  # noqa: E402
 from dense_ssl.export import verify  # noqa: E402
 from dense_ssl.models.resnet import ResNet  # noqa: E402
+from tests import subprocess_env  # noqa: E402
 
 torch = pytest.importorskip('torch')
 torchvision = pytest.importorskip('torchvision')
@@ -565,9 +566,7 @@ def test_verify_fails_loudly_on_a_bad_file(tmp_path):
 
 def _cli_env():
   """A fresh 1-device process: it reads checkpoints saved from 4 devices."""
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  env.pop('XLA_FLAGS', None)
-  return env
+  return dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=subprocess_env.xla_flags(None))
 
 
 def _cli(*args):
@@ -714,6 +713,9 @@ def test_convert_cli_end_to_end(r18_run, tmp_path):
   assert 'target encoder of step 2 (state/target_params/encoder)' in run.stdout
   assert 'verify OK' in run.stdout
   assert 'MODEL.RESNETS.DEPTH: 18' in run.stdout
+  # num_batches_tracked is not written: Detectron2's BN/SyncBN do have it.
+  assert ("Detectron2's BN and SyncBN layers (the detectron2_configs/ recipe) "
+          'do have this buffer') in run.stdout
   with open(pkl, 'rb') as f:
     obj = pickle.load(f, encoding='latin1')
   model_d2 = obj['model']

@@ -20,6 +20,7 @@ import pytest
 
 from tests import mask_records
 from tests import multiprocess_worker
+from tests import subprocess_env
 
 # Several processes each: CI runs them; `-m "not slow"` skips them locally. One
 # xdist group: they run one after another on one pytest worker (launch/test.sh
@@ -40,8 +41,7 @@ def start(commands, logs=None):
 
   Output goes to pipes, or to the files named in `logs` (one per command).
   """
-  env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=subprocess_env.xla_flags(2))
   outputs = ([subprocess.PIPE] * len(commands) if logs is None
              else [open(f, 'w') for f in logs])  # pylint: disable=consider-using-with
   procs = [subprocess.Popen(c, cwd=REPO, env=env, stdout=out,
