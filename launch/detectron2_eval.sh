@@ -8,6 +8,13 @@
 #   DETECTRON2_DATASETS=~/datasets TASK=coco_1x NUM_GPUS=8 \
 #     bash launch/detectron2_eval.sh [Detectron2 config opts...]
 #
+# A CPU smoke test (two iterations, then the COCO evaluation; minutes) on the
+# demo scenes written as COCO by `python -m data_pipeline.export_coco
+# --out_dir=/tmp/d2data` (WORKSPACE.md section 6.5 has the full command):
+#   NUM_GPUS=0 DETECTRON2_DATASETS=/tmp/d2data TASK=coco_1x ... bash \
+#     launch/detectron2_eval.sh SOLVER.MAX_ITER 2 SOLVER.IMS_PER_BATCH 2 \
+#     TEST.PRECISE_BN.NUM_ITER 2 MODEL.ROI_HEADS.SCORE_THRESH_TEST 0.0 ...
+#
 # The same settings as flags: --weights= --detectron2_dir= --datasets=
 # --task= --num_gpus= --out_dir= --python=; --dry_run prints and stops;
 # --resume continues a run in OUT_DIR. Anything else is passed to train_net.py
@@ -18,7 +25,12 @@
 #   DETECTRON2_DATASETS  dataset root in Detectron2's layout (coco/, VOC2007/,
 #                        VOC2012/, cityscapes/)
 #   TASK                 coco_1x | coco_2x | voc | cityscapes
-#   NUM_GPUS             GPUs on this machine (default: all that nvidia-smi sees)
+#   NUM_GPUS             GPUs on this machine (default: all that nvidia-smi sees);
+#                        0 runs on the CPU in one process (MODEL.DEVICE cpu,
+#                        --num-gpus 1): a smoke test with a tiny schedule and
+#                        data (WORKSPACE.md section 6.5), not an evaluation.
+#                        SyncBN needs no change there: with one process torch's
+#                        SyncBatchNorm computes plain BatchNorm.
 #   OUT_DIR              default eval/<TASK>; results: OUT_DIR/metrics.json,
 #                        OUT_DIR/log.txt, OUT_DIR/inference/, OUT_DIR/results.txt
 #   PYTHON               interpreter of the Detectron2 environment (default python3)
@@ -67,7 +79,7 @@ DETECTRON2_DIR="${DETECTRON2_DIR:-}"
 [ -f "$DETECTRON2_DIR/tools/train_net.py" ] || die "DETECTRON2_DIR=$DETECTRON2_DIR has no tools/train_net.py: not a Detectron2 source checkout"
 [ -f "$DETECTRON2_DIR/configs/Base-RCNN-FPN.yaml" ] || die "DETECTRON2_DIR=$DETECTRON2_DIR has no configs/Base-RCNN-FPN.yaml"
 command -v "$PYTHON" >/dev/null || die "PYTHON=$PYTHON not found; set PYTHON to the interpreter of your Detectron2 environment"
-"$PYTHON" -c "import detectron2, torch" 2>/dev/null || die "$PYTHON cannot import detectron2 (and torch): build it from source first: $PYTHON -m pip install -e \"$DETECTRON2_DIR\" (WORKSPACE.md section 6)"
+"$PYTHON" -c "import detectron2, torch" 2>/dev/null || die "$PYTHON cannot import detectron2 (and torch): build it from source first, in that environment after torch, 'setuptools<81' and wheel: $PYTHON -m pip install --no-build-isolation -e \"$DETECTRON2_DIR\" (WORKSPACE.md section 6.2)"
 if [ "$TASK" = cityscapes ]; then
   "$PYTHON" -c "import cityscapesscripts" 2>/dev/null || die "TASK=cityscapes evaluates with cityscapesscripts: $PYTHON -m pip install cityscapesscripts"
 fi
@@ -90,10 +102,23 @@ visible=0
 if command -v nvidia-smi >/dev/null; then
   visible="$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)"
 fi
-NUM_GPUS="${NUM_GPUS:-$visible}"
-[[ "$NUM_GPUS" =~ ^[1-9][0-9]*$ ]] || die "NUM_GPUS=${NUM_GPUS:-<unset>}: need a positive number of GPUs (nvidia-smi sees $visible); Detectron2 training needs CUDA"
+if [ -z "${NUM_GPUS:-}" ]; then
+  [ "$visible" -gt 0 ] || die "no GPU visible (nvidia-smi): set NUM_GPUS to the GPUs to use, or NUM_GPUS=0 to run on the CPU (one process; only for a smoke test with a tiny schedule, e.g. SOLVER.MAX_ITER 2)"
+  NUM_GPUS="$visible"
+fi
+[[ "$NUM_GPUS" =~ ^(0|[1-9][0-9]*)$ ]] || die "NUM_GPUS=$NUM_GPUS: need the number of GPUs (nvidia-smi sees $visible), or 0 for the CPU"
 if [ "$visible" -gt 0 ] && [ "$NUM_GPUS" -gt "$visible" ]; then
   die "NUM_GPUS=$NUM_GPUS but nvidia-smi sees only $visible GPUs"
+fi
+if [ "$NUM_GPUS" = 0 ]; then
+  # One process on the CPU. Detectron2's launch() starts no workers for one
+  # process and initialises no process group, so SyncBN layers (our configs)
+  # fall back to plain BatchNorm: no config change is needed.
+  device_opts=(MODEL.DEVICE cpu)
+  num_procs=1
+else
+  device_opts=()
+  num_procs="$NUM_GPUS"
 fi
 
 # ---- weights: format, and the architecture keys they need -------------------
@@ -163,17 +188,23 @@ cp "$repo"/detectron2_configs/*.yaml "$OUT_DIR/configs/"
 ln -sfn "$DETECTRON2_DIR/configs" "$OUT_DIR/configs/detectron2"
 
 cmd=("$PYTHON" "$repo/detectron2_configs/train_net_ssl.py"
-     --config-file "$OUT_DIR/configs/$config" --num-gpus "$NUM_GPUS")
+     --config-file "$OUT_DIR/configs/$config" --num-gpus "$num_procs")
 [ "$resume" = 1 ] && cmd+=(--resume)
 # shellcheck disable=SC2206
-cmd+=(MODEL.WEIGHTS "$WEIGHTS" OUTPUT_DIR "$OUT_DIR" $arch_opts "${opts[@]}")
+cmd+=(MODEL.WEIGHTS "$WEIGHTS" OUTPUT_DIR "$OUT_DIR" $arch_opts "${device_opts[@]}" "${opts[@]}")
 
 echo "task:     $TASK ($config)"
 echo "weights:  $WEIGHTS"
 echo "data:     DETECTRON2_DATASETS=$DETECTRON2_DATASETS"
-echo "GPUs:     $NUM_GPUS (the configs' SOLVER.IMS_PER_BATCH is the global batch; scale SOLVER.BASE_LR with it if you change it)"
+if [ "$NUM_GPUS" = 0 ]; then
+  echo "device:   CPU, one process (NUM_GPUS=0; SyncBN computes plain BatchNorm): a smoke test, not an evaluation"
+else
+  echo "GPUs:     $NUM_GPUS (the configs' SOLVER.IMS_PER_BATCH is the global batch; scale SOLVER.BASE_LR with it if you change it)"
+fi
 echo "output:   $OUT_DIR"
-echo "command:  DETECTRON2_DIR=$DETECTRON2_DIR DETECTRON2_DATASETS=$DETECTRON2_DATASETS ${cmd[*]}"
+# Quoted for the shell, so that the line can be pasted (e.g. "(128,)").
+printf -v shown '%q ' "${cmd[@]}"
+echo "command:  DETECTRON2_DIR=$DETECTRON2_DIR DETECTRON2_DATASETS=$DETECTRON2_DATASETS ${shown% }"
 [ "$dry_run" = 1 ] && { echo "(--dry_run: not running)"; exit 0; }
 
 export DETECTRON2_DIR DETECTRON2_DATASETS

@@ -41,3 +41,70 @@ def test_slurm_gpu_single_host_and_multi_host():
   assert 'srun --ntasks=4' in out.stdout
   assert ('--coordinator_address=gpu1:12345 --num_processes=4 '
           '--process_id=$SLURM_PROCID') in out.stdout
+
+
+def _detectron2_eval(tmp_path, gpus_seen=0, **env):
+  """launch/detectron2_eval.sh --dry_run against stand-ins: a Detectron2
+  checkout, an importable `detectron2`, a COCO folder, an R18 .pkl, and an
+  nvidia-smi that lists `gpus_seen` GPUs (first on PATH, whatever the host has)."""
+  import pickle  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  d2 = tmp_path / 'd2src'
+  for f in ('tools/train_net.py', 'configs/Base-RCNN-FPN.yaml'):
+    (d2 / f).parent.mkdir(parents=True, exist_ok=True)
+    (d2 / f).write_text('')
+  stub = tmp_path / 'stub' / 'detectron2'
+  stub.mkdir(parents=True, exist_ok=True)
+  (stub / '__init__.py').write_text('')
+  data = tmp_path / 'datasets' / 'coco'
+  for p in ('annotations', 'train2017', 'val2017'):
+    (data / p).mkdir(parents=True, exist_ok=True)
+  for p in ('instances_train2017.json', 'instances_val2017.json'):
+    (data / 'annotations' / p).write_text('{}')
+  model = {'stem.conv1.weight': np.zeros((64, 3, 7, 7), np.float32)}
+  for s in (2, 3, 4, 5):
+    for i in (0, 1):
+      model[f'res{s}.{i}.conv1.weight'] = np.zeros((1,), np.float32)
+  pkl = tmp_path / 'r18.pkl'
+  with open(pkl, 'wb') as f:
+    pickle.dump({'model': model, 'matching_heuristics': True}, f)
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir(exist_ok=True)
+  smi = bin_dir / 'nvidia-smi'
+  smi.write_text('#!/bin/sh\n' + ''.join(
+      f'echo "GPU {i}: Stand-in (UUID: GPU-{i})"\n' for i in range(gpus_seen)))
+  smi.chmod(0o755)
+  full = {k: v for k, v in os.environ.items() if k not in ('NUM_GPUS', 'TASK')}
+  full.update(PATH=f'{bin_dir}:{os.environ["PATH"]}', PYTHONPATH=str(tmp_path / 'stub'),
+              PYTHON=sys.executable, DETECTRON2_DIR=str(d2), TASK='coco_1x',
+              DETECTRON2_DATASETS=str(tmp_path / 'datasets'), WEIGHTS=str(pkl),
+              OUT_DIR=str(tmp_path / 'eval'))
+  full.update(env)
+  return subprocess.run(['bash', os.path.join(REPO, 'launch', 'detectron2_eval.sh'),
+                         '--dry_run', 'SOLVER.MAX_ITER', '2'],
+                        capture_output=True, text=True, env=full, timeout=60)
+
+
+def test_detectron2_eval_on_the_cpu(tmp_path):
+  out = _detectron2_eval(tmp_path, NUM_GPUS='0')
+  assert out.returncode == 0, out.stderr
+  assert 'device:   CPU, one process' in out.stdout
+  assert '--num-gpus 1 ' in out.stdout
+  # MODEL.DEVICE before the user's opts, so that theirs win.
+  assert 'MODEL.DEVICE cpu SOLVER.MAX_ITER 2' in out.stdout
+
+
+def test_detectron2_eval_gpu_count(tmp_path):
+  # Nothing visible and NUM_GPUS unset: refused, pointing at NUM_GPUS=0.
+  out = _detectron2_eval(tmp_path)
+  assert out.returncode == 1 and 'no GPU visible' in out.stderr
+  assert 'NUM_GPUS=0' in out.stderr
+  # Default: every GPU nvidia-smi lists; more than that is refused.
+  out = _detectron2_eval(tmp_path, gpus_seen=2)
+  assert out.returncode == 0, out.stderr
+  assert '--num-gpus 2 ' in out.stdout and 'MODEL.DEVICE' not in out.stdout
+  out = _detectron2_eval(tmp_path, gpus_seen=2, NUM_GPUS='4')
+  assert out.returncode == 1 and 'sees only 2 GPUs' in out.stderr
+  out = _detectron2_eval(tmp_path, NUM_GPUS='two')
+  assert out.returncode == 1 and 'NUM_GPUS=two' in out.stderr

@@ -230,8 +230,11 @@ def listing(export: Export, out: str, encoder: Any) -> str:
         export.arch) if n.startswith('fc.') or n.endswith('num_batches_tracked')]
     lines.append(f'not written for Detectron2: {len(dropped)} torchvision keys '
                  '(fc.*: no classifier in a backbone; *.num_batches_tracked: BN '
-                 'step counters, not weights: FrozenBN has none, and a BN/SyncBN '
-                 'layer keeps its own, which torch creates at 0).')
+                 'step counters, not weights. Detectron2\'s BN and SyncBN layers '
+                 '(the detectron2_configs/ recipe) do have this buffer: loading '
+                 'a file without it, torch keeps the layer\'s own counter (0 at '
+                 'build) and reports nothing missing; FrozenBN and GN have '
+                 'none).')
     lines.append('Detectron2 config keys for this backbone (the '
                  'detectron2_configs/ files set them for R50; '
                  'launch/detectron2_eval.sh derives them from the .pkl):')

@@ -15,8 +15,15 @@ lands in `backbone.bottom_up.res2.0.conv1.weight` (FPN models) and
   layer{N}.{i}.downsample.1.*   -> res{N+1}.{i}.shortcut.norm.*
   fc.*, *.num_batches_tracked   -> dropped (fc: no classifier in a backbone;
                                    num_batches_tracked: a BN step counter, not
-                                   a weight: FrozenBatchNorm2d has none, and a
-                                   BN/SyncBN layer keeps its own, created at 0)
+                                   a weight. Detectron2's get_norm "BN" and
+                                   "SyncBN" (torch BatchNorm2d/SyncBatchNorm)
+                                   have the buffer; Detectron2 loads a plain
+                                   dict without version metadata, so torch
+                                   fills the absent key with the layer's own
+                                   counter (0 at build) and reports nothing
+                                   missing. FrozenBatchNorm2d registers it as
+                                   None and GroupNorm has no running stats:
+                                   nothing to fill there.)
 
 FPN (a Flax FPN as ReSim's, layout documented in `flax_fpn_to_detectron2`):
   fpn/lateral_{k}/kernel, bias  -> fpn_lateral{k}.weight, bias   (k = 2..5)
@@ -107,8 +114,10 @@ def torchvision_to_detectron2(
     if name.startswith('fc.'):
       skipped.append((name, 'classifier: Detectron2 backbones have no fc'))
     elif name.endswith('.num_batches_tracked'):
-      skipped.append((name, 'BN step counter, not a weight: FrozenBN has none; '
-                            'BN/SyncBN layers keep their own (0 at build)'))
+      skipped.append((name, 'BN step counter, not a weight: Detectron2\'s '
+                            'BN/SyncBN layers have it and keep their own (0 at '
+                            'build; torch fills the absent key, nothing is '
+                            'reported missing); FrozenBN and GN have none'))
     else:
       out[torchvision_to_detectron2_name(name)] = np.asarray(value)
   return out, skipped
