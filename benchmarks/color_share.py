@@ -13,6 +13,7 @@ median step; share = (t_uint8 - t_float) / t_uint8. Prints a table and
 writes it to --out.
 """
 
+import functools
 import time
 
 from absl import app
@@ -64,8 +65,10 @@ def main(argv):
   for name, local in (('uint8 views, colour in the step', u8),
                       ('float views, no colour in the step', f32)):
     state = train.init_state(method, tx, c, local, mesh)
-    step = train.compile_train_step(method, tx, schedule, 1000, c.ema.base, mesh,
-                                    seed=c.seed, data_config=c.data)
+    compiled = train.compile_train_step(method, functools.partial(optim.make_optimizer, c),
+                                        mesh, seed=c.seed, data_config=c.data)
+    hyper = optim.step_hyperparameters(c, 1000, 10)(100)
+    step = lambda s, b, f=compiled, h=hyper: f(s, b, h)  # Bound now (loop).
     batch = train.global_batch(local, mesh)
     state, m = step(state, batch)
     jax.block_until_ready(m)

@@ -16,6 +16,7 @@ real crop geometry (random boxes, flips) and blocky masks: step time does
 not depend on pixel values. Prints a markdown table and writes it to --out.
 """
 
+import functools
 import os
 import platform
 import time
@@ -94,8 +95,10 @@ def main(argv):
     schedule = optim.learning_rate_schedule(config, 1000, 10)
     tx = optim.make_optimizer(config, schedule)
     state = train.init_state(method, tx, config, local, mesh)
-    step = train.compile_train_step(method, tx, schedule, 1000, config.ema.base, mesh,
-                                  seed=config.seed, data_config=config.data)
+    compiled = train.compile_train_step(method, functools.partial(optim.make_optimizer, config),
+                                        mesh, seed=config.seed, data_config=config.data)
+    hyper = optim.step_hyperparameters(config, 1000, 10)(100)
+    step = lambda s, b, f=compiled, h=hyper: f(s, b, h)  # Bound now (loop).
     t = time.perf_counter()
     for _ in range(2):  # Compile + warm-up.
       state, m = step(state, batch)

@@ -13,6 +13,7 @@ steps with DetCon-B and reports the fraction of wall time it waited for
 data. Prints a markdown table and writes it to --out.
 """
 
+import functools
 import os
 import platform
 import tempfile
@@ -62,8 +63,10 @@ def time_step(name):
       config.data, global_batch_size=config.batch_size, seed=0, start_step=0,
       process_index=0, process_count=1, num_local_devices=jax.local_device_count()))
   state = train.init_state(method, tx, config, local, mesh)
-  step = train.compile_train_step(method, tx, schedule, 1000, config.ema.base, mesh,
-                                  seed=config.seed, data_config=config.data)
+  compiled = train.compile_train_step(method, functools.partial(optim.make_optimizer, config),
+                                      mesh, seed=config.seed, data_config=config.data)
+  hyper = optim.step_hyperparameters(config, 1000, 10)(100)
+  step = lambda s, b: compiled(s, b, hyper)
   batch = train.global_batch(local, mesh)
   t = time.perf_counter()
   state, m = step(state, batch)

@@ -9,6 +9,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 OPTIMIZERS = ('lars', 'sgd', 'adamw')
@@ -70,6 +71,31 @@ def ema_tau(step, total_steps, base, schedule='cosine'):
     raise ValueError(f'config key ema.schedule={schedule!r}: choose one of {EMA_SCHEDULES}')
   # 1 - tau_k is a cosine decay of (1 - base) to 0 over the K steps.
   return 1.0 - optax.cosine_decay_schedule(1.0 - base, total_steps)(step)
+
+
+def step_hyperparameters(config, total_steps, warmup_steps):
+  """fn(step) -> dict(learning_rate, tau) of np.float32: the step's inputs.
+
+  The compiled train step takes the learning rate and the EMA tau of its
+  step as inputs instead of evaluating the schedules inside, so its program
+  does not depend on the run's length, warmup or base LR (one compilation
+  serves them all: the tests share compiled steps through the persistent
+  cache). The values are optax's schedules (learning_rate_schedule, ema_tau)
+  evaluated once for every step 0 ... total_steps, so a resumed run reads
+  the very same numbers.
+  """
+  steps = np.arange(total_steps + 1)
+  schedule = learning_rate_schedule(config, total_steps, warmup_steps)
+  lr = np.asarray(jax.jit(jax.vmap(schedule))(steps), np.float32)
+  base, kind = config.ema.base, config.ema.get('schedule', 'cosine')
+  tau = np.broadcast_to(np.asarray(jax.jit(jax.vmap(
+      lambda k: ema_tau(k, total_steps, base, kind)))(steps), np.float32), steps.shape)
+
+  def at(step):
+    k = min(int(step), total_steps)
+    return dict(learning_rate=lr[k], tau=tau[k])
+
+  return at
 
 
 def make_optimizer(config, schedule):

@@ -8,7 +8,7 @@ every process; this is what `jax.pmap` compiles to in current JAX, without
 pmap's replicate/unreplicate bookkeeping (the state is one replicated global
 array per leaf, the batch one global array sharded over devices).
 
-  state, metrics = train_step(state, batch)   # state replicated, batch P('batch')
+  state, metrics = train_step(state, batch, hyper)   # state, hyper replicated; batch P('batch')
 
 The input pipeline is a function of (seed, step), so a restart at the step
 of the latest checkpoint replays exactly the batches an uninterrupted run
@@ -16,6 +16,7 @@ sees: resume is exact.
 """
 
 import collections
+import functools
 import itertools
 import math
 import os
@@ -45,18 +46,24 @@ class NonFiniteLossError(RuntimeError):
   """The loss became NaN or inf; the last good checkpoint is kept."""
 
 
-def make_per_device_step(method, tx, schedule, total_steps, ema_base,
-                         ema_schedule='cosine', *, seed=0, data_config=None):
+def make_per_device_step(method, make_tx, *, seed=0, data_config=None):
   """The step for one device's batch (the named axis AXIS is bound).
 
+  step_fn(state, batch, hyper): hyper = dict(learning_rate, tau), the
+  step's scalars from optim.step_hyperparameters (inputs, not constants:
+  the program does not depend on the schedules). make_tx(schedule) builds
+  the optimiser (optim.make_optimizer with the config bound); it is built
+  here around the given learning rate, with the same state structure as
+  the optimiser the state was initialised with.
   seed, data_config: config.seed and config.data, for the colour recipe that
   runs first, on the device (dense_ssl/ops/color.py): uint8 views are
   coloured and normalised here with per-example keys from (seed, step, global
   index, view), so 1 and N devices, and a resumed run, see the same views.
   """
 
-  def step_fn(state, batch):
+  def step_fn(state, batch, hyper):
     step = state.step
+    tx = make_tx(lambda _: hyper['learning_rate'])
     batch = color.augment_views(batch, seed=seed, step=step, data_config=data_config or {})
     # The same key on every device: methods derive per-example keys from
     # global example indices (base.example_rngs), so the update does not
@@ -79,14 +86,14 @@ def make_per_device_step(method, tx, schedule, total_steps, ema_base,
     tau = jnp.float32(0.0)
     if method.uses_target:
       # BYOL: xi <- tau xi + (1 - tau) theta, with tau cosine-annealed to 1
-      # (MoCo: constant, ema_schedule='constant').
-      tau = optim.ema_tau(step, total_steps, ema_base, ema_schedule)
+      # (MoCo: constant, ema.schedule='constant'); tau_k from optim.ema_tau.
+      tau = hyper['tau']
       target_params = optax.incremental_update(
           {k: online_params[k] for k in target_params}, target_params, 1.0 - tau)
       target_stats = jax.lax.pmean(tstats, AXIS)
 
     metrics = jax.lax.pmean(metrics, AXIS)
-    metrics = dict(metrics, learning_rate=schedule(step), tau=tau,
+    metrics = dict(metrics, learning_rate=hyper['learning_rate'], tau=tau,
                    grad_norm=optax.tree.norm(grads),
                    param_norm=optax.tree.norm(online_params))
     new_state = state.replace(
@@ -103,11 +110,13 @@ def make_mesh():
   return Mesh(np.asarray(jax.devices()), (AXIS,))
 
 
-def compile_train_step(method, tx, schedule, total_steps, ema_base, mesh,
-                       ema_schedule='cosine', *, seed=0, data_config=None):
-  per_device = make_per_device_step(method, tx, schedule, total_steps, ema_base,
-                                    ema_schedule, seed=seed, data_config=data_config)
-  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)),
+def compile_train_step(method, make_tx, mesh, *, seed=0, data_config=None):
+  """train_step(state, batch, hyper) -> (state, metrics), jitted over the mesh.
+
+  hyper: optim.step_hyperparameters(...)(step), numpy scalars (replicated).
+  """
+  per_device = make_per_device_step(method, make_tx, seed=seed, data_config=data_config)
+  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P()),
                                out_specs=(P(), P())),
                  donate_argnums=0)
 
@@ -329,7 +338,8 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
   total_steps, warmup_steps, steps_per_epoch = optim.steps_from_config(
       config, num_examples)
   schedule = optim.learning_rate_schedule(config, total_steps, warmup_steps)
-  tx = optim.make_optimizer(config, schedule)
+  tx = optim.make_optimizer(config, schedule)      # Its state's structure, for init.
+  hyper = optim.step_hyperparameters(config, total_steps, warmup_steps)
 
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
@@ -398,16 +408,15 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
       checkpointer.close()
 
   # ----------------------------------------------------- compiled step ---
-  train_step = compile_train_step(method, tx, schedule, total_steps,
-                                  config.ema.base, mesh,
-                                  config.ema.get('schedule', 'cosine'),
-                                  seed=config.seed, data_config=config.data)
+  train_step = compile_train_step(method, functools.partial(optim.make_optimizer, config),
+                                  mesh, seed=config.seed, data_config=config.data)
   if jax.process_count() > 1:
     # Compile first, then meet: the first collective of the step gives every
     # process only 30 s to join (gloo on CPU), and one host can finish
     # compiling much later than another (a loaded machine).
     t0 = time.perf_counter()
-    train_step = train_step.lower(state, global_batch(first, mesh)).compile()
+    train_step = train_step.lower(state, global_batch(first, mesh),
+                                  hyper(start_step)).compile()
     logging.info('compiled the step in %.1fs; waiting for the other processes',
                  time.perf_counter() - t0)
     wait_for_all_processes('dense_ssl_step_compiled', COMPILE_WAIT_S)
@@ -454,7 +463,7 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
       t_wait = time.perf_counter()
       batch = next(device_batches)
       wait = time.perf_counter() - t_wait
-      state, metrics = train_step(state, batch)
+      state, metrics = train_step(state, batch, hyper(step))
       step += 1
       ran += 1
       pending.append((step, metrics))

@@ -19,6 +19,7 @@ then sleeps S seconds before main.py goes on to its end (a process that
 finishes well after the others).
 """
 
+import functools
 import os
 import sys
 
@@ -51,17 +52,19 @@ def run(steps):
   local = {k: v[first:first + local_devices * 2].reshape(
       (local_devices, 2) + v.shape[1:]) for k, v in batch.items()}
   state = train.init_state(method, tx, config, local, mesh)
-  step = train.compile_train_step(method, tx, schedule, 10, config.ema.base, mesh)
+  step = train.compile_train_step(method, functools.partial(optim.make_optimizer, config),
+                                  mesh)
+  hyper = optim.step_hyperparameters(config, 10, 0)
   batch = train.global_batch(local, mesh)
   # Compile first, then meet: gloo gives a process 30 s to join the first
   # collective, and a loaded machine can compile one process that much later.
-  step = step.lower(state, batch).compile()
+  step = step.lower(state, batch, hyper(0)).compile()
   if jax.process_count() > 1:
     from jax._src import distributed  # pylint: disable=g-import-not-at-top
     distributed.global_state.client.wait_at_barrier('worker_compiled', 600_000)
   losses = []
-  for _ in range(steps):
-    state, metrics = step(state, batch)
+  for k in range(steps):
+    state, metrics = step(state, batch, hyper(k))
     losses.append(float(np.asarray(metrics['loss'].addressable_data(0))))
   flat = {'/'.join(str(k.key) for k in path): np.asarray(x.addressable_data(0))
           for path, x in jax.tree_util.tree_leaves_with_path(state.online_params)}

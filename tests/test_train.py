@@ -4,6 +4,7 @@ resume, NaN stop, and one real step of each method through the real pipeline.
 Runs on 4 simulated CPU devices (conftest.py).
 """
 
+import functools
 import json
 import logging
 import os
@@ -114,9 +115,10 @@ def one_step(config, batch, num_devices):
   local = {k: v.reshape((num_devices, -1) + v.shape[1:]) for k, v in batch.items()}
   state = train.init_state(method, tx, config, local, mesh)
   before = jax.device_get(state)
-  step = train.compile_train_step(method, tx, schedule, 10, config.ema.base, mesh,
-                                  seed=config.seed, data_config=config.data)
-  state, metrics = step(state, train.global_batch(local, mesh))
+  step = train.compile_train_step(method, functools.partial(optim.make_optimizer, config),
+                                  mesh, seed=config.seed, data_config=config.data)
+  hyper = optim.step_hyperparameters(config, 10, 0)
+  state, metrics = step(state, train.global_batch(local, mesh), hyper(0))
   return before, jax.device_get(state), jax.device_get(metrics)
 
 
