@@ -9,7 +9,12 @@ image and its label map, a flip shared by both, bicubic (image) / nearest
 (labels) resize, and, with data.color_on='host', BYOL's colour recipe
 (augment.py). With data.color_on='device' (every config in configs/) the
 host does no colour: views leave it as uint8 and the training step applies
-the recipe on the device (dense_ssl/ops/color.py, issue 12).
+the recipe on the device (dense_ssl/ops/color.py, issue 12). The image is
+decoded once per record (parse_and_decode) and every view crops it; the
+labels' nearest resize is a pair of index gathers (exactly tf.image.resize's
+nearest, several times cheaper) in the mask's dtype. What remains per
+example is mostly the two decodes (the JPEG and the label map's PNG cost
+about the same) and the bicubic resizes (benchmarks/pipeline_throughput.py).
 
 Batches (WORKSPACE.md, section 4), leading dims [num_local_devices, per_device_batch]:
   view{k}/image [D, B, S, S, 3]: uint8 (color_on='device') or float32
@@ -302,6 +307,13 @@ def parse_and_decode(serialized, mask_names, seed):
   the stateless `seed`; only the picked one is decoded. With none (grid) the
   returned labels are None.
   Returns (image uint8 [H, W, 3], labels int32 [H, W] or None).
+
+  The image is decoded once and every view crops it. tf.io.decode_and_crop_jpeg
+  per view is not used: libjpeg must still entropy-decode every row above
+  the window, so two global views cost ~1.8x one full decode (a local crop
+  ~0.55x), and its pixels differ from decode-then-crop where chroma is
+  upsampled at the window's edge (0.06% of pixels, by up to 18 levels;
+  benchmarks/pipeline_throughput.py measures both).
   """
   spec = {
       records.IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string),
@@ -319,13 +331,13 @@ def parse_and_decode(serialized, mask_names, seed):
   image = tf.reshape(image, tf.stack([h, w, 3]))
   if not mask_names:
     return image, None
-  encoded = tf.stack([f[records.mask_key(n, 'encoded')] for n in mask_names])
-  encoding = tf.stack([f[records.mask_key(n, 'encoding')] for n in mask_names])
+  encoded = [f[records.mask_key(n, 'encoded')] for n in mask_names]
+  encoding = [f[records.mask_key(n, 'encoding')] for n in mask_names]
   if len(mask_names) == 1:
-    i = 0
+    labels = records.decode_label_map_tf(encoded[0], encoding[0])
   else:
     i = tf.random.stateless_uniform([], seed, 0, len(mask_names), dtype=tf.int32)
-  labels = records.decode_label_map_tf(encoded[i], encoding[i])
+    labels = records.decode_label_map_tf(tf.stack(encoded)[i], tf.stack(encoding)[i])
   return image, tf.reshape(labels, tf.stack([h, w]))
 
 
@@ -358,20 +370,22 @@ def make_view(image, labels, seed, spec, color, shared_flip=None, mask_dtype=tf.
   else:  # color_only: the whole image, resized (LC-loss's I_c).
     window = (tf.constant(0), tf.constant(0), height, width)
     flip = tf.constant(False)
-  img = augment.crop_and_resize_image(image, window, size)
-  lab = augment.crop_and_resize_labels(labels, window, size)
-  if spec.mode == 'crop':
-    img = augment.flip_left_right(img, flip)
-    lab = augment.flip_left_right(lab, flip)
-  img = tf.ensure_shape(img, [size, size, 3])
   if color is None:
     # Ship uint8: a quarter of float32's bytes; the colour runs on the device.
-    img = tf.cast(tf.round(img * 255.), tf.uint8)
+    img = augment.crop_and_resize_image_uint8(image, window, size)
   else:
+    img = augment.crop_and_resize_image(image, window, size)
+  # The flip of the labels is folded into their resize's column indices.
+  lab = augment.crop_and_resize_labels(labels, window, size,
+                                       flip if spec.mode == 'crop' else None, mask_dtype)
+  if spec.mode == 'crop':
+    img = augment.flip_left_right(img, flip)
+  img = tf.ensure_shape(img, [size, size, 3])
+  if color is not None:
     img = augment.normalize(augment.byol_color_augment(
         img, s_color, blur_prob=spec.blur_prob, solarize_prob=spec.solarize_prob, **color))
   return dict(image=img,
-              mask=tf.cast(tf.ensure_shape(lab, [size, size]), mask_dtype),
+              mask=tf.ensure_shape(lab, [size, size]),
               box=augment.window_to_box(*window, height, width),
               flip=tf.cast(flip, tf.int32))
 

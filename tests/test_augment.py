@@ -57,6 +57,50 @@ def test_crop_and_resize_labels_nearest():
   np.testing.assert_array_equal(out, rows[:, None] * 16 + cols[None, :])
 
 
+@pytest.mark.parametrize('flip', [False, True])
+def test_crop_and_resize_labels_equals_tf_nearest_resize(flip):
+  """The index-gather resize gives exactly tf.image.resize's nearest ids (then the flip)."""
+  h, w = 75, 101
+  labels = tf.constant(np.arange(h * w).reshape(h, w), tf.int32)
+  rng = np.random.default_rng(0)
+  for i in range(40):
+    size = int(rng.choice([5, 16, 24, 96, 224]))   # Down- and upsampling.
+    if i < 30:
+      win = tuple(int(v) for v in augment.inception_crop_window(
+          seed(i), h, w, area_range=(0.01, 1.0) if i % 2 else (0.05, 0.14)))
+    else:  # Edge cases: the whole map, one row / column.
+      win = [(0, 0, h, w), (h - 1, 0, 1, w), (0, w - 1, h, 1), (3, 7, 1, 1),
+             (0, 0, h, w), (10, 8, 7, 93), (74, 100, 1, 1), (0, 0, 2, 2),
+             (1, 1, 73, 99), (5, 5, 60, 3)][i - 30]
+    y0, x0, ch, cw = win
+    ref = tf.image.resize(labels[y0:y0 + ch, x0:x0 + cw, None], [size, size],
+                          method='nearest')[..., 0].numpy()
+    if flip:
+      ref = ref[:, ::-1]
+    out = augment.crop_and_resize_labels(labels, win, size, tf.constant(flip)).numpy()
+    np.testing.assert_array_equal(out, ref, err_msg=f'window {win}, size {size}')
+  # dtype: cast after the row gather; the ids are unchanged when they fit.
+  small = tf.constant(np.arange(h * w).reshape(h, w) % 251, tf.int32)
+  out = augment.crop_and_resize_labels(small, (4, 9, 50, 60), 24, tf.constant(flip),
+                                       dtype=tf.uint8)
+  ref = augment.crop_and_resize_labels(small, (4, 9, 50, 60), 24, tf.constant(flip))
+  assert out.dtype == tf.uint8
+  np.testing.assert_array_equal(out.numpy(), ref.numpy())
+
+
+def test_crop_and_resize_image_uint8_is_the_rounded_float_resize():
+  img = tf.constant(np.random.default_rng(4).integers(0, 256, (60, 80, 3), np.uint8))
+  for i in range(10):
+    win = augment.inception_crop_window(seed(i), 60, 80)
+    for size in (24, 96):
+      ref = np.round(augment.crop_and_resize_image(img, win, size).numpy() * 255.)
+      out = augment.crop_and_resize_image_uint8(img, win, size)
+      assert out.dtype == tf.uint8 and out.shape == (size, size, 3)
+      # Equal up to float32 rounding exactly at a half-integer (not seen in practice).
+      d = np.abs(out.numpy().astype(int) - ref.astype(int))
+      assert d.max() <= 1 and np.mean(d > 0) < 1e-3
+
+
 def test_crop_and_resize_image_range():
   img = tf.constant(np.random.default_rng(0).integers(0, 256, (20, 30, 3), np.uint8))
   out = augment.crop_and_resize_image(img, (3, 5, 10, 12), 16).numpy()
