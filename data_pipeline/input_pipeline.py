@@ -130,6 +130,12 @@ def read_manifest(data_dir):
                             ' data_pipeline.precompute_masks')
   with tf.io.gfile.GFile(path) as f:
     manifest = json.load(f)
+  version = manifest.get('format_version', 1)
+  if version > records.FORMAT_VERSION:
+    raise ValueError(
+        f'{path} has record format version {version}; this dense_ssl reads up to'
+        f' version {records.FORMAT_VERSION}: update dense_ssl, or rewrite the masks'
+        ' with this version\'s data_pipeline.precompute_masks')
   if manifest.get('partial'):
     missing = manifest.get('missing_shards') or []
     raise ValueError(

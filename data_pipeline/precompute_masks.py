@@ -46,7 +46,8 @@ Label maps
 FH: `skimage.segmentation.felzenszwalb(image, scale, sigma, min_size)` for
 each (--fh_scales[i], --fh_min_sizes[i]) pair, on the full-resolution RGB
 uint8 image that the record stores, kept exactly as skimage returns it (ids
-0..n-1, never wrapped: records.encode_label_map picks png16 or png_rgb24).
+0..n-1, never wrapped: records.encode_label_map picks png8, png16
+or png_rgb24).
 'gt' (--gt, on by default) when the source has instance/segment maps: demo's
 scenes; a TFDS feature `panoptic_image` (coco/2017_panoptic: id = R + 256 G +
 65536 B, 0 = VOID, relabelled to 0 = unlabelled and 1..N, one per segment in

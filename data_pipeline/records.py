@@ -19,11 +19,15 @@ Feature keys (all scalars unless noted):
                              or the TFDS example id.
   mask/names         bytes[] Names of the label maps stored for this image, e.g.
                              fh_s1000_m1000_sig0.8, gt, class, user.
-  mask/<name>/encoded bytes  The label map, lossless: a 16-bit greyscale PNG of
-                             the ids ("png16"), or for maps with 65,536 or more
-                             ids an 8-bit RGB PNG holding id = R*65536 + G*256 + B
-                             ("png_rgb24"). Ids are never wrapped or clipped.
-  mask/<name>/encoding bytes png16 | png_rgb24
+  mask/<name>/encoded bytes  The label map, lossless, in the narrowest PNG that
+                             holds its largest id: an 8-bit greyscale PNG for
+                             ids < 256 ("png8"; since format version 2: it
+                             decodes in about half the time of 16 bits), a
+                             16-bit greyscale PNG for ids < 65,536 ("png16"),
+                             else an 8-bit RGB PNG holding id = R*65536 +
+                             G*256 + B ("png_rgb24"). Ids are never wrapped or
+                             clipped.
+  mask/<name>/encoding bytes png8 | png16 | png_rgb24
   mask/<name>/num_segments int64  Number of distinct ids in the map.
 
 Label maps have the image's full resolution and are pixel-aligned with the
@@ -54,7 +58,9 @@ import io
 import numpy as np
 from PIL import Image
 
-FORMAT_VERSION = 1
+# 2: label maps with ids < 256 are stored as png8 (version 1 wrote png16 for
+# them). Readers decode every version up to FORMAT_VERSION.
+FORMAT_VERSION = 2
 
 IMAGE_ENCODED = 'image/encoded'
 IMAGE_FORMAT = 'image/format'
@@ -65,6 +71,7 @@ IMAGE_WIDTH = 'image/width'
 IMAGE_ID = 'image/id'
 MASK_NAMES = 'mask/names'
 
+PNG8 = 'png8'
 PNG16 = 'png16'
 PNG_RGB24 = 'png_rgb24'
 GT_MASK = 'gt'
@@ -102,6 +109,9 @@ def encode_label_map(labels):
   if lo < 0:
     raise ValueError(f'label map has negative id {lo}')
   buf = io.BytesIO()
+  if hi < 1 << 8:
+    Image.fromarray(labels.astype(np.uint8)).save(buf, format='PNG', compress_level=6)
+    return buf.getvalue(), PNG8
   if hi < 1 << 16:
     Image.fromarray(labels.astype(np.uint16)).save(buf, format='PNG', compress_level=6)
     return buf.getvalue(), PNG16
@@ -116,7 +126,7 @@ def encode_label_map(labels):
 def decode_label_map(data, encoding):
   """Inverse of `encode_label_map` (numpy); returns int32 [H, W]."""
   arr = np.asarray(Image.open(io.BytesIO(data)))
-  if encoding == PNG16:
+  if encoding in (PNG8, PNG16):
     return arr.astype(np.int32)
   if encoding == PNG_RGB24:
     a = arr.astype(np.int32)
@@ -187,6 +197,9 @@ def decode_label_map_tf(data, encoding):
   """TF-graph decode of one label map; returns int32 [H, W]."""
   import tensorflow as tf
 
+  def png8():
+    return tf.cast(tf.io.decode_png(data, channels=1, dtype=tf.uint8)[..., 0], tf.int32)
+
   def png16():
     return tf.cast(tf.io.decode_png(data, channels=1, dtype=tf.uint16)[..., 0], tf.int32)
 
@@ -194,7 +207,13 @@ def decode_label_map_tf(data, encoding):
     a = tf.cast(tf.io.decode_png(data, channels=3, dtype=tf.uint8), tf.int32)
     return a[..., 0] * 65536 + a[..., 1] * 256 + a[..., 2]
 
-  return tf.cond(tf.equal(encoding, PNG16), png16, rgb24)
+  # An unknown encoding fails loudly instead of decoding as RGB.
+  known = tf.debugging.Assert(
+      tf.reduce_any(tf.equal(encoding, [PNG8, PNG16, PNG_RGB24])),
+      ['unknown label map encoding (written by a newer dense_ssl?):', encoding])
+  with tf.control_dependencies([known]):
+    return tf.case([(tf.equal(encoding, PNG8), png8), (tf.equal(encoding, PNG16), png16)],
+                   default=rgb24, exclusive=False)
 
 
 def parse_record_tf(serialized, mask_names):

@@ -115,6 +115,9 @@ def test_fh_maps_equal_skimage_after_round_trip(tmp_path):
   n_big = exs['noise_big.png']['masks'][tiny].max() + 1
   assert 256 < n_noise < 65536 and encoding(exs['noise.png'], tiny) == records.PNG16
   assert n_big > 65536 and encoding(exs['noise_big.png'], tiny) == records.PNG_RGB24
+  # Maps with < 256 ids take the 8-bit PNG (half the decode time of 16 bits).
+  assert exs['b.png']['masks'][FH100].max() < 256
+  assert encoding(exs['b.png'], FH100) == records.PNG8
 
 
 # --------------------------------------------------------------- bad inputs ---
