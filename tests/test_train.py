@@ -134,7 +134,9 @@ def uint8_batch(n):
   return batch
 
 
-@pytest.mark.parametrize('name', ['detcon_b', 'detcon_s'])
+# DetCon-B's (and CLoVE's) 1 vs 4 devices, with local crops, EMA included:
+# tests/test_dense_objectives.py::test_multicrop_one_device_equals_four_devices.
+@pytest.mark.parametrize('name', ['detcon_s'])
 def test_one_device_equals_four_devices(name):
   """Same global batch: same loss and update (cross-replica BN, gathers, pmean).
 
@@ -155,16 +157,6 @@ def test_one_device_equals_four_devices(name):
                (s1.target_params, s4.target_params)]:
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5),
                  a, b)
-  if name == 'detcon_b':
-    # BYOL's EMA: xi_1 = tau_0 xi_0 + (1 - tau_0) theta_1, and xi_0 = theta_0.
-    tau = float(optim.ema_tau(0, 10, config.ema.base))
-    np.testing.assert_allclose(m1['tau'], tau, rtol=1e-7)
-    jax.tree.map(
-        lambda t, o0, o1: np.testing.assert_allclose(
-            t, tau * o0 + (1 - tau) * o1, rtol=1e-5, atol=1e-7),
-        s1.target_params,
-        {k: before.online_params[k] for k in s1.target_params},
-        {k: s1.online_params[k] for k in s1.target_params})
 
 
 def test_bfloat16_compute_keeps_float32_parameters_and_loss():
