@@ -97,6 +97,11 @@ def split_files(data_dir, split):
     candidates = [(sub, _read_json(os.path.join(sub, 'manifest.json')))]
   if candidates:
     folder, manifest = candidates[0]
+    try:
+      records.check_format_version(manifest.get('format_version'),
+                                   os.path.join(folder, 'manifest.json'))
+    except ValueError as e:
+      raise EvalDataError(str(e)) from None
     if manifest.get('partial'):
       input_pipeline.read_manifest(folder)  # Raises its "finish it" error.
     files = [p for p, _ in input_pipeline.process_shards(manifest, folder, 0, 1)]

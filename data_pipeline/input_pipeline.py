@@ -130,12 +130,7 @@ def read_manifest(data_dir):
                             ' data_pipeline.precompute_masks')
   with tf.io.gfile.GFile(path) as f:
     manifest = json.load(f)
-  version = manifest.get('format_version', 1)
-  if version > records.FORMAT_VERSION:
-    raise ValueError(
-        f'{path} has record format version {version}; this dense_ssl reads up to'
-        f' version {records.FORMAT_VERSION}: update dense_ssl, or rewrite the masks'
-        ' with this version\'s data_pipeline.precompute_masks')
+  records.check_format_version(manifest.get('format_version'), path)
   if manifest.get('partial'):
     missing = manifest.get('missing_shards') or []
     raise ValueError(

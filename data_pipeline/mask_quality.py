@@ -68,7 +68,12 @@ def read_manifest(data_dir):
     raise UsageError(f'--data_dir={data_dir}: no manifest.json (write one with'
                      ' python -m data_pipeline.precompute_masks)')
   with open(path) as f:
-    return json.load(f)
+    manifest = json.load(f)
+  try:
+    records.check_format_version(manifest.get('format_version'), path)
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+  return manifest
 
 
 def mask_sets(manifest, grids):

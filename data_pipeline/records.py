@@ -62,6 +62,21 @@ from PIL import Image
 # them). Readers decode every version up to FORMAT_VERSION.
 FORMAT_VERSION = 2
 
+
+
+def check_format_version(version, where):
+  """Raises ValueError if `version` (a manifest's or params.json's
+  format_version; None = 1) is newer than this code reads; `where` names the
+  file."""
+  version = 1 if version is None else int(version)
+  if version > FORMAT_VERSION:
+    raise ValueError(
+        f'{where} has record format version {version}; this dense_ssl reads up to'
+        f' version {FORMAT_VERSION}: update dense_ssl, or rewrite the masks with this'
+        ' version\'s data_pipeline.precompute_masks')
+  return version
+
+
 IMAGE_ENCODED = 'image/encoded'
 IMAGE_FORMAT = 'image/format'
 IMAGE_TRANSCODED = 'image/transcoded'

@@ -249,6 +249,52 @@ def test_resume_recomputes_only_missing_shard(tmp_path, capsys):
   assert 'not empty' in capsys.readouterr().err
 
 
+def test_record_format_versions(tmp_path, capsys):
+  """An older format's job resumes (its shards stay readable); a newer one is
+  refused by the precompute and by every reader, naming the file."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from data_pipeline import eval_input  # pylint: disable=g-import-not-at-top
+  from data_pipeline import mask_quality  # pylint: disable=g-import-not-at-top
+  src = photo_folder(str(tmp_path / 'images'), n=2)
+  out = tmp_path / 'out'
+  args = (f'--source=folder:{src}', *FAST, '--num_shards=2')
+  assert run(out, *args) == 0
+  params = json.loads((out / 'params.json').read_text())
+  assert params['format_version'] == records.FORMAT_VERSION == 2
+
+  # A format-1 job interrupted before its second shard: the re-run resumes it.
+  first, second = shard_files(out)
+  (out / second).unlink()
+  (out / f'{second}.json').unlink()
+  (out / 'manifest.json').unlink()
+  (out / 'params.json').write_text(json.dumps(dict(params, format_version=1)))
+  capsys.readouterr()
+  assert run(out, *args) == 0
+  assert 'resuming: 1 of 2 shards already complete' in capsys.readouterr().out
+  manifest, exs = read_dataset(out)
+  assert manifest['format_version'] == records.FORMAT_VERSION and len(exs) == 2
+
+  # Written by a newer dense_ssl: the precompute and the readers refuse it.
+  newer = records.FORMAT_VERSION + 1
+  (out / 'params.json').write_text(json.dumps(dict(params, format_version=newer)))
+  assert run(out, *args) == 2
+  err = capsys.readouterr().err
+  assert f'params.json has record format version {newer}' in err, err
+  (out / 'manifest.json').write_text(json.dumps(dict(manifest, format_version=newer)))
+  match = f'manifest.json has record format version {newer}; this dense_ssl reads up to'
+  with pytest.raises(ValueError, match=match):
+    ip.read_manifest(str(out))
+  with pytest.raises(eval_input.EvalDataError, match=match):
+    eval_input.split_files(str(out), 'train')
+  with pytest.raises(mask_quality.UsageError, match=match):
+    mask_quality.read_manifest(str(out))
+  # An encoding this code does not know fails loudly, not as a wrong decode.
+  data, _ = records.encode_label_map(np.zeros((4, 4), np.int32))
+  with pytest.raises(tf.errors.InvalidArgumentError, match='unknown label map encoding'):
+    records.decode_label_map_tf(tf.constant(data), tf.constant('png9'))
+
+
 def test_flag_errors(tmp_path, capsys):
   src = photo_folder(str(tmp_path / 'images'), n=1)
   out = tmp_path / 'out'

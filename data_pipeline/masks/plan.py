@@ -111,6 +111,15 @@ def check_out_dir(out_dir, run_params, lock=None):
   try:
     if path.is_file():
       stored = shards.read_json(path)
+      try:
+        version = records.check_format_version(stored.get('format_version'), str(path))
+      except ValueError as e:
+        raise PrecomputeError(str(e)) from None
+      if version < run_params.get('format_version', version):
+        # An older record format: its shards stay readable (readers decode
+        # every version up to records.FORMAT_VERSION), so a re-run resumes
+        # or verifies the job; the shards it writes use the current format.
+        stored = dict(stored, format_version=run_params['format_version'])
       if stored != run_params:
         diff = [f'{k}: {stored.get(k)!r} there, {run_params.get(k)!r} now'
                 for k in sorted(set(stored) | set(run_params))
