@@ -39,6 +39,8 @@ _STEPS = flags.DEFINE_list('steps', ['0', '250', '1000'],
 _BATCH = flags.DEFINE_integer('batch_size', 32, 'Supervised batch size.')
 _LR = flags.DEFINE_float('learning_rate', 1e-3, 'Supervised Adam learning rate (peak).')
 _PROBE_STEPS = flags.DEFINE_integer('probe_steps', 500, 'Probe training steps.')
+_TRAIN_SPLIT = flags.DEFINE_string('train_split', 'train', 'Split read from --data_dir.')
+_EVAL_SPLIT = flags.DEFINE_string('eval_split', 'val', 'Split read from --eval_data_dir.')
 _FEATURE = flags.DEFINE_string('feature', 'c4', 'Probed feature (c4, c5, c4+c5).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed (encoder init, batches, probe).')
 _OUT = flags.DEFINE_string('out', 'benchmarks/results/probe_ceiling.md', 'Table file.')
@@ -56,9 +58,9 @@ def load_split(data_dir, split, image_size):
 
 
 def make_supervised_step(model, num_classes, tx):
-  """jit (variables, opt_state, images, labels) -> (variables, opt_state, loss)."""
+  """jit (state, opt_state, images, labels) -> (state, opt_state, loss); state =
+  (encoder params, batch_stats, probe head)."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from dense_ssl import probe  # pylint: disable=g-import-not-at-top
 
@@ -78,7 +80,6 @@ def make_supervised_step(model, num_classes, tx):
     params, head = optax.apply_updates((params, head), updates)
     return (params, batch_stats, head), opt_state, loss
 
-  del jnp
   return step
 
 
@@ -94,8 +95,8 @@ def main(argv):
   t_start = time.perf_counter()
   size, bs = _SIZE.value, _BATCH.value
   eval_dir = _EVAL.value or _DATA.value
-  train_x, train_y = load_split(_DATA.value, 'train', size)
-  eval_x, eval_y = load_split(eval_dir, 'val', size)
+  train_x, train_y = load_split(_DATA.value, _TRAIN_SPLIT.value, size)
+  eval_x, eval_y = load_split(eval_dir, _EVAL_SPLIT.value, size)
   num_classes = evaluate.infer_num_classes([train_y, eval_y])
   checkpoints = sorted({int(s) for s in _STEPS.value})
 
