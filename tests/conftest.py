@@ -13,11 +13,13 @@ import sys
 sys.modules.setdefault('triton', None)
 
 _flags = os.environ.get('XLA_FLAGS', '')
-# No lower LLVM opt level: --xla_backend_optimization_level=0 was tried for
-# compile time and measured a net loss (DetCon-B test step, 1 / 4 devices:
-# first call 9.5 / 12.1 s at -O0 vs 9.6 / 10.6 s at the default, then
-# 2.6 / 3.0 s per step vs 0.57 / 0.95 s): XLA:CPU's compile time here is not
-# LLVM's optimisation, while -O0 code runs 3-4x slower.
+# LLVM at -O1 instead of XLA:CPU's default -O3: compiling is most of this
+# suite's time, and -O1 compiles a test-preset DetCon-B train step and its
+# init in 6.2 + 1.8 s instead of 7.6 + 3.6 s on 1 device (8.0 + 2.2 vs
+# 8.8 + 3.8 on 4), with the same step time (0.19 s; 1.0 s on 4). -O0 was tried before and measured a net loss:
+# its code runs 3-4x slower.
+if '--xla_backend_optimization_level' not in _flags:
+  _flags += ' --xla_backend_optimization_level=1'
 os.environ['XLA_FLAGS'] = (_flags + ' --xla_force_host_platform_device_count=4').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
@@ -27,6 +29,8 @@ _CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
                       '.cache', 'jax')
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _CACHE)
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '1')
+
+import pytest  # noqa: E402
 
 from data_pipeline import tf_setup  # noqa: E402
 
@@ -44,3 +48,17 @@ def pytest_collection_modifyitems(config, items):
   started last leaves the other pytest worker idle at the end."""
   del config
   items.sort(key=lambda item: item.get_closest_marker('slow') is None)
+
+
+@pytest.fixture(scope='session')
+def trained_run(tmp_path_factory):
+  """A real 2-step DetCon-B run (tests/trained_run.py), trained once per session.
+
+  Under pytest-xdist every worker has its own basetemp below a common
+  parent: the run lives there, so the workers share one.
+  """
+  from tests import trained_run as trained_run_lib  # pylint: disable=g-import-not-at-top
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    base = base.parent
+  return trained_run_lib.get(str(base / 'trained_detcon_b'))

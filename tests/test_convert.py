@@ -812,44 +812,19 @@ def test_simclr_workdir_has_no_target(simclr_workdir, tmp_path):
 # ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope='module')
-def mask_data(tmp_path_factory):
-  """8 tiny images with blocky GT masks, in 2 shards."""
-  from tests import mask_records  # pylint: disable=g-import-not-at-top
-  out = str(tmp_path_factory.mktemp('masks'))
-  mask_records.write_blocky_dataset(out, num_examples=8, size=32, num_shards=2)
-  return out
+def test_end_to_end_train_then_convert(trained_run, tmp_path):
+  """The real trainer's workdir (2 DetCon-B steps, conftest's shared run) ->
+  convert, verified.
 
-
-@pytest.fixture(scope='module')
-def detcon_b_run(tmp_path_factory, mask_data):
-  """(workdir, final TrainState as numpy) of 2 real DetCon-B steps (test preset).
-
-  4 devices (conftest); checkpoints of steps 1 and 2.
-  """
-  from configs import detcon_b  # pylint: disable=g-import-not-at-top
-  from dense_ssl import train  # pylint: disable=g-import-not-at-top
-  config = detcon_b.get_config('test')
-  config.data.dir = mask_data
-  config.total_steps = 2
-  workdir = str(tmp_path_factory.mktemp('detcon_b'))
-  out = train.train_and_evaluate(config, workdir)
-  assert out['step'] == 2
-  return workdir, out['state']
-
-
-def test_end_to_end_train_then_convert_cli(detcon_b_run, tmp_path):
-  """Real trainer (2 steps) -> the CLI in a fresh 1-device process, verified.
-
-  References independent of the converter's own reading: the TrainState that
-  train_and_evaluate returned, our Flax ResNet on it, and torchvision. The
+  References independent of the converter's own reading: the encoders that
+  train_and_evaluate returned, our Flax ResNet on them, and torchvision. The
   test preset's depth is whatever configs/ say (Detectron2 has no ResNet-10:
-  then the custom-depth flag).
+  then the custom-depth flag). The command in a fresh process is
+  test_convert_cli_end_to_end's.
   """
-  workdir, state = detcon_b_run
-  online = _np(state.online_params['encoder'])
-  online_stats = _np(state.online_batch_stats['encoder'])
-  target = _np(state.target_params['encoder'])
+  workdir = trained_run.workdir
+  online, online_stats = trained_run.encoders['online']
+  target, target_stats = trained_run.encoders['target']
   depth = ckpt_lib.read_config(workdir)['model']['depth']
   # Trained weights: BN statistics moved, the EMA target is not the online.
   assert np.abs(online_stats['layer1_0']['bn1']['mean']).max() > 1e-4
@@ -858,12 +833,13 @@ def test_end_to_end_train_then_convert_cli(detcon_b_run, tmp_path):
 
   # torchvision, online network (the default).
   pth = str(tmp_path / 'online.pth')
-  run = _cli(f'--workdir={workdir}', '--to=torchvision', f'--out={pth}',
-             '--verify', '--verify_image_size=64')
-  assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-  assert 'online encoder of step 2 (state/online_params/encoder)' in run.stdout
-  assert 'matches config.json' in run.stdout
-  assert 'verify OK' in run.stdout
+  lines = []
+  report = convert.convert(workdir, 'torchvision', pth, verify=True, image_size=64,
+                           log=lines.append)
+  text = '\n'.join(lines)
+  assert 'online encoder of step 2 (state/online_params/encoder)' in text
+  assert 'matches config.json' in text
+  assert 'verify OK' in report['verify']
   model = _torchvision_resnet(depth)
   model.load_state_dict(torch.load(pth, weights_only=True), strict=True)
   images = _images(seed=4)
@@ -872,14 +848,15 @@ def test_end_to_end_train_then_convert_cli(detcon_b_run, tmp_path):
 
   # Detectron2, EMA target.
   pkl = str(tmp_path / 'target.pkl')
-  custom = ([] if depth in (18, 34, 50, 101, 152)
-            else ['--allow_custom_detectron2_depth'])
-  run = _cli(f'--workdir={workdir}', '--to=detectron2', f'--out={pkl}',
-             '--network=target', '--verify', '--verify_image_size=64', *custom)
-  assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-  assert 'target encoder of step 2 (state/target_params/encoder)' in run.stdout
-  assert 'verify OK' in run.stdout
-  assert f'MODEL.RESNETS.DEPTH: {depth}' in run.stdout
+  lines = []
+  report = convert.convert(
+      workdir, 'detectron2', pkl, network='target', verify=True, image_size=64,
+      log=lines.append,
+      allow_custom_detectron2_depth=depth not in (18, 34, 50, 101, 152))
+  text = '\n'.join(lines)
+  assert 'target encoder of step 2 (state/target_params/encoder)' in text
+  assert 'verify OK' in report['verify']
+  assert f'MODEL.RESNETS.DEPTH: {depth}' in text
   model_d2 = d2.read_detectron2_pickle(pkl)['model']
   n_convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
   assert len(model_d2) == n_convs * 5  # each conv: weight + 4 norm tensors
@@ -888,7 +865,7 @@ def test_end_to_end_train_then_convert_cli(detcon_b_run, tmp_path):
                                 target['conv1']['kernel'].transpose(3, 2, 0, 1))
   np.testing.assert_array_equal(
       model_d2['res5.0.shortcut.norm.running_var'],
-      _np(state.target_batch_stats['encoder'])['layer4_0']['downsample_bn']['var'])
+      target_stats['layer4_0']['downsample_bn']['var'])
 
 
 # ---------------------------------------------------------------------------

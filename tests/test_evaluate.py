@@ -11,13 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import detcon_b
 from data_pipeline import eval_input
 from dense_ssl import checkpoint
 from dense_ssl import evaluate
 from dense_ssl import probe
-from dense_ssl import train
 from tests import mask_records
+from tests import trained_run as trained_run_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -228,16 +227,11 @@ def _check_result(r):
   assert math.isfinite(r['train_loss']['final'])
 
 
-def test_end_to_end_on_a_trained_checkpoint_and_the_random_floor(tmp_path):
-  # One test (one pytest worker): the 2-step DetCon-B run is made once.
+def test_end_to_end_on_a_trained_checkpoint_and_the_random_floor(trained_run, tmp_path):
+  # The real trainer's 2-step DetCon-B workdir (conftest's shared run),
+  # copied: the probe writes its results into the workdir.
   data, val = _class_data(tmp_path)
-  config = detcon_b.get_config('test')
-  config.data.dir = data
-  # 2 steps: the program of test_convert's DetCon-B run (the compilation
-  # cache serves it; CI time).
-  config.total_steps = 2
-  workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(config, workdir)
+  workdir = trained_run_lib.copy_workdir(trained_run, tmp_path / 'run')
 
   args = ['--data_dir=masks', '--eval_data_dir=masks_val', '--image_size=64',
           '--steps=20', '--batch_size=8']

@@ -7,9 +7,7 @@ import sys
 
 import numpy as np
 
-from configs import lc_byol as lc_config
 from dense_ssl import flip_test
-from dense_ssl import train
 from tests import mask_records
 
 
@@ -28,19 +26,18 @@ def test_accuracy_is_one_for_mirrored_features_and_zero_without_the_mirror():
   assert acc == 0.0 and err == 1.0
 
 
-def test_flip_test_on_a_trained_checkpoint(tmp_path):
+def test_flip_test_on_a_trained_checkpoint(trained_run, tmp_path):
+  # The real trainer's 2-step DetCon-B workdir (conftest's shared run): the
+  # tool reads any method's encoder.
   data = str(tmp_path / 'masks')
   mask_records.write_blocky_dataset(data, num_examples=8, size=64, num_shards=2)
-  config = lc_config.get_config('test')
-  config.data.dir = data
-  config.total_steps = 1
-  workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(config, workdir)
+  workdir = str(tmp_path / 'run')   # The CLI below takes it relative to tmp_path.
+  os.symlink(trained_run.workdir, workdir)
   result = flip_test.run(workdir, data, feature='c4', num_images=6, image_size=64,
                          batch_size=4)
   assert result['grid'] == [4, 4] and result['num_images'] == 6
   assert 0.0 <= result['accuracy'] <= 1.0 and result['chance'] == 1 / 16
-  assert result['step'] == 1 and result['network'] == 'online'
+  assert result['step'] == 2 and result['network'] == 'online'
   # The EMA target, read from its fixed place in the TrainState too.
   target = flip_test.run(workdir, data, network='target', feature='c4',
                          num_images=2, image_size=64, batch_size=2)

@@ -1,0 +1,101 @@
+"""One real DetCon-B training run shared by the tests that read a trained workdir.
+
+The converter, the probe and the flip test each need a workdir that the real
+trainer wrote (config.json, orbax checkpoints, an EMA target that moved away
+from the online network). Training one costs ~20 s of compiling here, so the
+pytest session makes it once (conftest.py's `trained_run` fixture), and a
+file lock makes it once across pytest-xdist workers: the first worker trains,
+the others wait for it and read what it left.
+
+Tests must not write into it: copy it (`copy_workdir`) to change or add files.
+"""
+
+import dataclasses
+import os
+import shutil
+
+import filelock
+import numpy as np
+
+STEPS = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+  """workdir: checkpoints of steps 1 and 2; data_dir: its training data (16
+  blocky 64 px images, 4 shards); encoders: {'online'|'target': (params,
+  batch_stats)} of the ResNet encoder as train_and_evaluate RETURNED them
+  (nested dicts of numpy), a reference independent of any checkpoint reader."""
+  workdir: str
+  data_dir: str
+  encoders: dict
+
+
+def _flatten(tree, prefix=''):
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f'{prefix}{k}/'))
+    else:
+      out[f'{prefix}{k}'] = np.asarray(v)
+  return out
+
+
+def _unflatten(flat):
+  out = {}
+  for path, v in flat.items():
+    node = out
+    *parents, last = path.split('/')
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[last] = v
+  return out
+
+
+def _train(root):
+  """Trains into root/{masks,run} and saves the returned encoders to root/encoders.npz."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from configs import detcon_b  # pylint: disable=g-import-not-at-top
+  from dense_ssl import train  # pylint: disable=g-import-not-at-top
+  from tests import mask_records  # pylint: disable=g-import-not-at-top
+  data_dir = os.path.join(root, 'masks')
+  mask_records.write_blocky_dataset(data_dir, num_examples=16, size=64, num_shards=4)
+  config = detcon_b.get_config('test')
+  config.data.dir = data_dir
+  config.total_steps = STEPS
+  config.ckpt_every_steps = 1
+  out = train.train_and_evaluate(config, os.path.join(root, 'run'))
+  assert out['finished'] and out['step'] == STEPS, out
+  state = jax.device_get(out['state'])
+  flat = {}
+  for net in ('online', 'target'):
+    flat.update(_flatten({net: {
+        'params': dict(getattr(state, f'{net}_params')['encoder']),
+        'batch_stats': dict(getattr(state, f'{net}_batch_stats')['encoder'])}}))
+  np.savez(os.path.join(root, 'encoders.tmp.npz'), **flat)
+  # The marker of a finished run: written last, atomically.
+  os.replace(os.path.join(root, 'encoders.tmp.npz'), os.path.join(root, 'encoders.npz'))
+
+
+def get(root):
+  """The run under `root` (a folder shared by the pytest workers), trained
+  by whichever worker asks first."""
+  os.makedirs(root, exist_ok=True)
+  done = os.path.join(root, 'encoders.npz')
+  # Generous: the owner compiles and trains on a machine that may be busy.
+  with filelock.FileLock(os.path.join(root, 'lock'), timeout=1800):
+    if not os.path.exists(done):
+      for name in ('masks', 'run'):   # A worker that failed half-way.
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+      _train(root)
+  with np.load(done) as f:
+    tree = _unflatten(dict(f))
+  encoders = {net: (tree[net]['params'], tree[net]['batch_stats'])
+              for net in ('online', 'target')}
+  return TrainedRun(os.path.join(root, 'run'), os.path.join(root, 'masks'), encoders)
+
+
+def copy_workdir(run, dst):
+  """A private copy of the run's workdir at dst (tests that write into it)."""
+  shutil.copytree(run.workdir, dst)
+  return str(dst)
