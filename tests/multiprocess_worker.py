@@ -1,29 +1,24 @@
 r"""One JAX process of a multi-process test (tests/test_multiprocess.py).
 
-  python -m tests.multiprocess_worker --process_id=I --num_processes=N \
-      --port=P --devices=D --steps=S --out=FILE.npz
-
-Joins N processes of D CPU devices each over 127.0.0.1:P (gloo collectives),
-runs S DetCon-B train steps (configs/detcon_b.py:test) on a fixed global
-batch, each process feeding only its own devices' slice of it, and writes
-the loss and the replicated online parameters as this process sees them.
-
-  python -m tests.multiprocess_worker --record=FILE.npz [--late_exit_s=S] MAIN_FLAGS...
+  python -m tests.multiprocess_worker --record=FILE.npz [--late_exit_s=S] \
+      [--fixed_batch_out=FILE2.npz] MAIN_FLAGS...
 
 Runs the trainer's entry point (dense_ssl.main, same flags) unchanged, with
 test hooks: every process logs at INFO (main.py quiets processes > 0, and
 the tests read "resuming from step N" from each); when training returns,
 FILE.npz gets the final step, the last logged loss and the online
-parameters as THIS process holds them; with --late_exit_s this process
-then sleeps S seconds before main.py goes on to its end (a process that
-finishes well after the others).
+parameters as THIS process holds them; with --fixed_batch_out the process
+then also runs `run(FIXED_BATCH_STEPS)` (DetCon-B steps on a fixed global
+batch, in the processes main joined) and writes its losses and parameters
+to FILE2.npz; with --late_exit_s this process then sleeps S seconds before
+main.py goes on to its end (a process that finishes well after the others).
 """
 
 import functools
 import os
 import sys
 
-from tests import subprocess_env
+FIXED_BATCH_STEPS = 2
 
 
 def run(steps):
@@ -71,8 +66,9 @@ def run(steps):
   return losses, flat
 
 
-def record_main(out, main_flags, late_exit_s=0.0):
-  """dense_ssl.main with `main_flags`; saves this process's final state to out."""
+def record_main(out, main_flags, late_exit_s=0.0, fixed_batch_out=None):
+  """dense_ssl.main with `main_flags`; saves this process's final state to out
+  (and run(FIXED_BATCH_STEPS)'s results to fixed_batch_out)."""
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import logging  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
@@ -90,6 +86,9 @@ def record_main(out, main_flags, late_exit_s=0.0):
                   result['state'].online_params)}
       np.savez(out, step=result['step'],
                loss=result['metrics'].get('train/loss', np.nan), **flat)
+    if fixed_batch_out:
+      losses, flat = run(FIXED_BATCH_STEPS)
+      np.savez(fixed_batch_out, losses=np.asarray(losses), **flat)
     if late_exit_s:
       logging.info('test hook: finishing %.0f s late', late_exit_s)
       import time  # pylint: disable=g-import-not-at-top
@@ -102,23 +101,14 @@ def record_main(out, main_flags, late_exit_s=0.0):
 
 
 def main(argv):
-  if argv[1].startswith('--record='):
-    late, rest = 0.0, argv[2:]
-    if rest and rest[0].startswith('--late_exit_s='):
-      late, rest = float(rest[0].split('=', 1)[1]), rest[1:]
-    return record_main(argv[1].split('=', 1)[1], rest, late)
-  args = dict(a.lstrip('-').split('=', 1) for a in argv[1:])
-  os.environ['XLA_FLAGS'] = subprocess_env.xla_flags(int(args['devices']))
-  os.environ['JAX_PLATFORMS'] = 'cpu'
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  jax.distributed.initialize(f'127.0.0.1:{args["port"]}',
-                             num_processes=int(args['num_processes']),
-                             process_id=int(args['process_id']),
-                             initialization_timeout=120)
-  losses, flat = run(int(args['steps']))
-  np.savez(args['out'], losses=np.asarray(losses), **flat)
-  jax.distributed.shutdown()
+  if len(argv) > 1 and argv[1].startswith('--record='):
+    hooks, rest = {}, argv[2:]
+    while rest and rest[0].split('=', 1)[0] in ('--late_exit_s', '--fixed_batch_out'):
+      key, value = rest[0][2:].split('=', 1)
+      hooks[key], rest = value, rest[1:]
+    return record_main(argv[1].split('=', 1)[1], rest,
+                       float(hooks.get('late_exit_s', 0.0)), hooks.get('fixed_batch_out'))
+  raise SystemExit(f'usage: {__doc__}')
 
 
 if __name__ == '__main__':

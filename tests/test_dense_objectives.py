@@ -289,11 +289,12 @@ def data_dir(tmp_path_factory):
 
 
 # MoCo runs through the trainer in test_train's resume test (composed with
-# DetCon-B), ReSim-C4's step in the device test above.
+# DetCon-B), ReSim-C4's step in the device test above; LC in
+# test_lc_byol.py's real step, and DetCon-B + LC's loss is the weighted sum
+# of its terms (test_method.py).
 @pytest.mark.parametrize('module,overrides,expect', [
     (resim_config, {'objectives.resim.variant': 'fpn'}, 'resim_p3_valid_windows_per_image'),
     (clove_config, {}, 'clove_positive_pairs_per_image'),
-    (detcon_b_lc, {}, 'lc_valid_pairs'),
 ])
 def test_one_real_step(module, overrides, expect, data_dir, tmp_path):
   config = _config(module, **overrides, **{'data.dir': data_dir, 'total_steps': 1})

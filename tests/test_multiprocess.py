@@ -1,11 +1,12 @@
 """Several JAX processes on this machine: 2 processes x 2 CPU devices (gloo).
 
 Checks the multi-host code paths of the trainer: global arrays built from
-per-process data, cross-process BatchNorm and gathers, cooperative orbax
-checkpoints, per-process data shards and resume, and what happens when one
-process dies mid-run (the others exit; a full relaunch resumes exactly), when
-the latest checkpoint is damaged (all fall back to the same step) and when one
-process finishes well after the others (all still exit 0).
+per-process data, cross-process BatchNorm and gathers (2 processes x 2
+devices = 1 process x 4 devices), cooperative orbax checkpoints, per-process
+data shards and resume, and what happens when one process dies mid-run (the
+others exit; a full relaunch resumes exactly), when the latest checkpoint is
+damaged (all fall back to the same step) and when one process finishes well
+after the others (all still exit 0).
 """
 
 import os
@@ -69,22 +70,6 @@ def launch(commands, timeout=600, expect_ok=True):
   return outs
 
 
-def test_two_processes_equal_one_process_with_four_devices(tmp_path):
-  port = free_port()
-  launch([[sys.executable, '-m', 'tests.multiprocess_worker', f'--process_id={i}',
-           '--num_processes=2', f'--port={port}', '--devices=2', '--steps=2',
-           f'--out={tmp_path}/p{i}.npz'] for i in range(2)])
-  p0, p1 = np.load(tmp_path / 'p0.npz'), np.load(tmp_path / 'p1.npz')
-  # This pytest process has 4 simulated devices (conftest): the same global
-  # batch over 4 devices of 1 process.
-  losses, params = multiprocess_worker.run(2)
-  np.testing.assert_array_equal(p0['losses'], p1['losses'])
-  np.testing.assert_allclose(p0['losses'], losses, rtol=1e-5)
-  for name, value in params.items():
-    np.testing.assert_array_equal(p0[name], p1[name])    # Replicas agree.
-    np.testing.assert_allclose(p0[name], value, rtol=2e-4, atol=2e-5)
-
-
 @pytest.fixture
 def data_dir(tmp_path):
   out = str(tmp_path / 'masks')
@@ -144,7 +129,10 @@ def test_losing_a_process_then_a_damaged_checkpoint_and_a_late_finisher(
      die with "Shutdown barrier has failed ... DEADLINE_EXCEEDED".
   3. An uninterrupted run of the same config (total_steps included: it sets
      the learning-rate and EMA schedules) ends in the same state as the
-     killed, damaged and resumed one.
+     killed, damaged and resumed one. Its processes then run
+     tests.multiprocess_worker's fixed-batch DetCon-B steps, which must
+     equal the same global batch over this pytest process's 4 devices (the
+     same loss and update with 2 processes x 2 devices as with 1 x 4).
   Resuming the latest checkpoint directly is checked in one process
   (tests/test_train.py). No wall-time assertion (timeouts are generous):
   only that everything ends well.
@@ -156,14 +144,15 @@ def test_losing_a_process_then_a_damaged_checkpoint_and_a_late_finisher(
   workdir = tmp_path / 'run'
   ckpts = workdir / 'checkpoints'
   common = ['--config=configs/detcon_b.py:test', f'--config.data.dir={data_dir}',
-            f'--config.total_steps={steps}', '--config.ckpt_every_steps=1',
-            '--num_processes=2', '--distributed_timeout_s=300']
+            f'--config.total_steps={steps}', '--num_processes=2',
+            '--distributed_timeout_s=300']
 
-  def commands(workdir, record=None, late=None, extra=()):
+  def commands(workdir, record=None, late=None, fixed=False, ckpt_every=1, extra=()):
     """One command per process; record: through tests.multiprocess_worker,
     which runs dense_ssl.main unchanged and saves each process's final step,
     loss and parameters to {record}{i}.npz; late: process 1 finishes that
-    many seconds after process 0."""
+    many seconds after process 0; fixed: the processes then run the
+    fixed-batch steps into fixed{i}.npz."""
     port = free_port()
 
     def entry(i):
@@ -171,11 +160,12 @@ def test_losing_a_process_then_a_damaged_checkpoint_and_a_late_finisher(
         return [sys.executable, '-m', 'dense_ssl.main']
       return ([sys.executable, '-m', 'tests.multiprocess_worker',
                f'--record={tmp_path}/{record}{i}.npz']
-              + ([f'--late_exit_s={late}'] if i and late else []))
+              + ([f'--late_exit_s={late}'] if i and late else [])
+              + ([f'--fixed_batch_out={tmp_path}/fixed{i}.npz'] if fixed else []))
 
-    return [entry(i) + common + list(extra) + [
-        f'--workdir={workdir}', f'--coordinator_address=127.0.0.1:{port}',
-        f'--process_id={i}'] for i in range(2)]
+    return [entry(i) + common + [f'--config.ckpt_every_steps={ckpt_every}'] + list(extra)
+            + [f'--workdir={workdir}', f'--coordinator_address=127.0.0.1:{port}',
+               f'--process_id={i}'] for i in range(2)]
 
   def read(path):
     with open(path) as f:
@@ -244,8 +234,10 @@ def test_losing_a_process_then_a_damaged_checkpoint_and_a_late_finisher(
   assert len(aside) == 1 and aside[0].startswith(f'{last}.'), aside
   assert finished_steps() == [steps - 1, steps]
 
-  # 3. An uninterrupted run of the same config ends in the same state.
-  outs = launch(commands(tmp_path / 'reference', 'reference'), timeout=900)
+  # 3. An uninterrupted run of the same config ends in the same state (its
+  # only checkpoint the last: they do not change the training).
+  outs = launch(commands(tmp_path / 'reference', 'reference', fixed=True,
+                         ckpt_every=steps), timeout=900)
   assert 'JAX 0.10' in outs[0] and '2 processes, 4 devices (2 local)' in outs[0]
   ref, _ = load('reference')
   r0, r1 = load('resumed')
@@ -255,3 +247,13 @@ def test_losing_a_process_then_a_damaged_checkpoint_and_a_late_finisher(
   for name in ref.files:
     np.testing.assert_array_equal(r0[name], r1[name])    # Replicas agree.
     np.testing.assert_allclose(r0[name], ref[name], rtol=2e-4, atol=2e-5)
+
+  # 2 processes x 2 devices = 1 process x 4 devices (this pytest process,
+  # conftest) on the same global batch.
+  f0, f1 = [np.load(tmp_path / f'fixed{i}.npz') for i in range(2)]
+  losses, params = multiprocess_worker.run(multiprocess_worker.FIXED_BATCH_STEPS)
+  np.testing.assert_array_equal(f0['losses'], f1['losses'])
+  np.testing.assert_allclose(f0['losses'], losses, rtol=1e-5)
+  for name, value in params.items():
+    np.testing.assert_array_equal(f0[name], f1[name])    # Replicas agree.
+    np.testing.assert_allclose(f0[name], value, rtol=2e-4, atol=2e-5)

@@ -134,8 +134,9 @@ def uint8_batch(n):
   return batch
 
 
-# DetCon-B's (and CLoVE's) 1 vs 4 devices, with local crops, EMA included:
-# tests/test_dense_objectives.py::test_multicrop_one_device_equals_four_devices.
+# CLoVE's 1 vs 4 devices, with local crops, EMA included:
+# tests/test_dense_objectives.py::test_multicrop_one_device_equals_four_devices;
+# DetCon-B's 2 processes x 2 devices vs 1 x 4: tests/test_multiprocess.py.
 @pytest.mark.parametrize('name', ['detcon_s'])
 def test_one_device_equals_four_devices(name):
   """Same global batch: same loss and update (cross-replica BN, gathers, pmean).
