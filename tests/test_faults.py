@@ -164,9 +164,9 @@ def test_a_failed_start_leaves_a_workdir_a_corrected_run_accepts(data_dir, tmp_p
 
 @pytest.fixture(scope='module')
 def three_steps(data_dir, tmp_path_factory):
-  """A BYOL workdir with complete checkpoints of steps 2 and 3 (of 5)."""
+  """A BYOL workdir with complete checkpoints of steps 2 and 3 (of 4)."""
   workdir = str(tmp_path_factory.mktemp('three_steps') / 'run')
-  config = make_config('byol', data_dir, total_steps=5, ckpt_every_steps=1)
+  config = make_config('byol', data_dir, total_steps=4, ckpt_every_steps=1)
   out = train.train_and_evaluate(config, workdir, stop_after_steps=3)
   assert out['step'] == 3
   assert ckpt_lib.available_steps(workdir) == [2, 3]
@@ -198,7 +198,7 @@ def test_damaged_latest_checkpoint_falls_back_and_training_finishes(
   workdir, why = damaged_copy(three_steps, tmp_path, how)
   with caplog.at_level(logging.INFO):
     out = train.train_and_evaluate(three_steps[1], workdir)
-  assert out['finished'] and out['step'] == 5
+  assert out['finished'] and out['step'] == 4
   text = caplog.text
   assert f'checkpoint of step 3 cannot be restored: {why}' in text, text[-3000:]
   assert 'resuming from step 2 ' in text
@@ -206,7 +206,7 @@ def test_damaged_latest_checkpoint_falls_back_and_training_finishes(
   # Kept aside, not deleted, and no longer one of orbax's steps.
   aside = glob.glob(os.path.join(workdir, 'checkpoints_corrupt', '3.*'))
   assert len(aside) == 1 and os.path.isdir(os.path.join(aside[0], 'state'))
-  assert ckpt_lib.available_steps(workdir) == [4, 5]
+  assert ckpt_lib.available_steps(workdir) == [3, 4]   # Step 3 again, then 4.
   # The asyncio echoes of the failed reads are gone.
   assert 'Event loop is closed' not in capfd.readouterr().err
 
@@ -214,7 +214,7 @@ def test_damaged_latest_checkpoint_falls_back_and_training_finishes(
 def test_resuming_with_another_optimiser_names_the_differing_keys(three_steps, tmp_path):
   workdir = str(tmp_path / 'run')
   shutil.copytree(three_steps[0], workdir)
-  config = make_config('byol', three_steps[1].data.dir, total_steps=5,
+  config = make_config('byol', three_steps[1].data.dir, total_steps=4,
                        ckpt_every_steps=1, **{'optimizer.name': 'sgd'})
   with pytest.raises(ValueError) as e:
     train.train_and_evaluate(config, workdir)

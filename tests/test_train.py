@@ -1,5 +1,5 @@
-"""The trainer: optimiser masks and schedules, device-count invariance, exact
-resume, NaN stop, and one real step of each method through the real pipeline.
+"""The trainer: optimiser masks and schedules, bfloat16 compute, exact resume,
+NaN stop, and one real step of each method through the real pipeline.
 
 Runs on 4 simulated CPU devices (conftest.py).
 """
@@ -122,42 +122,13 @@ def one_step(config, batch, num_devices):
   return before, jax.device_get(state), jax.device_get(metrics)
 
 
-def uint8_batch(n):
-  """fake_batch with the views as the host ships them (issue 12): uint8 images
-  that the step colours on the device, uint8 masks."""
-  batch = fake_batch(n, 1)
-  r = np.random.default_rng(2)
-  for v in ('view1', 'view2'):
-    batch[f'{v}/image'] = r.integers(0, 256, batch[f'{v}/image'].shape).astype(np.uint8)
-    batch[f'{v}/mask'] = batch[f'{v}/mask'].astype(np.uint8)
-  batch['view2/box'] = np.tile(np.array([0.1, 0.2, 0.9, 1.0], np.float32), (n, 1))
-  return batch
-
-
-# CLoVE's 1 vs 4 devices, with local crops, EMA included:
-# tests/test_dense_objectives.py::test_multicrop_one_device_equals_four_devices;
-# DetCon-B's 2 processes x 2 devices vs 1 x 4: tests/test_multiprocess.py.
-@pytest.mark.parametrize('name', ['detcon_s'])
-def test_one_device_equals_four_devices(name):
-  """Same global batch: same loss and update (cross-replica BN, gathers, pmean).
-
-  The views are uint8 and coloured in the step (config.data.color_on='device'),
-  so the colour draws must not depend on the split either.
-  """
-  config = make_config(name, **{'optimizer.base_lr': 2.0})
-  assert config.data.color_on == 'device'
-  batch = uint8_batch(8)
-  before, s1, m1 = one_step(config, batch, 1)
-  _, s4, m4 = one_step(config, batch, 4)
-  np.testing.assert_allclose(m1['loss'], m4['loss'], rtol=1e-5)
-  moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), s1.online_params,
-                       before.online_params)
-  assert max(jax.tree.leaves(moved)) > 1e-4  # The step did update the weights.
-  for a, b in [(s1.online_params, s4.online_params),
-               (s1.online_batch_stats, s4.online_batch_stats),
-               (s1.target_params, s4.target_params)]:
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5),
-                 a, b)
+# 1 vs 4 devices (same global batch: same loss and update; cross-replica BN,
+# gathers, pmean), each a full train step: CLoVE with uint8 views coloured in
+# the step, local crops and BYOL's EMA
+# (tests/test_dense_objectives.py::test_multicrop_one_device_equals_four_devices),
+# ReSim-C4 with negatives gathered over devices (same file), DetCon-B with
+# 2 processes x 2 devices vs 1 x 4 (tests/test_multiprocess.py); DetCon's
+# gathered negatives (DetCon-S's too) in tests/test_losses.py.
 
 
 def test_bfloat16_compute_keeps_float32_parameters_and_loss():
@@ -216,9 +187,11 @@ def test_kill_and_resume_is_exact(data_dir, tmp_path, caplog):
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path,
                                                               monkeypatch):
-  # total_steps=5: the step program of test_faults' BYOL runs (CI time: the
-  # compilation cache serves it).
-  config = make_config('byol', data_dir, total_steps=5, ckpt_every_steps=1)
+  # Colour on the host (the other data.color_on path, through the trainer):
+  # float views from the start, so the NaN batch below runs the same step
+  # program (uint8 views would compile a second one for it).
+  config = make_config('byol', data_dir, total_steps=5, ckpt_every_steps=1,
+                       **{'data.color_on': 'host'})
   real = train.global_batch
   calls = []
 
@@ -226,7 +199,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path
     calls.append(1)
     if len(calls) == 3:  # Step 3 sees NaN pixels.
       local_batch = dict(local_batch)
-      # Float views skip the device colour recipe: the NaNs reach the network.
+      assert local_batch['view1/image'].dtype == np.float32   # Coloured on the host.
       local_batch['view1/image'] = np.full(local_batch['view1/image'].shape, np.nan,
                                            np.float32)
     return real(local_batch, mesh)
