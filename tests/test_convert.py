@@ -32,6 +32,7 @@ from dense_ssl.export import torchvision_format as tvf  # noqa: E402
 from dense_ssl.export import verify  # noqa: E402
 from dense_ssl.models.resnet import ResNet  # noqa: E402
 from tests import subprocess_env  # noqa: E402
+from tests import trained_run as trained_run_lib  # noqa: E402
 
 torch = pytest.importorskip('torch')
 torchvision = pytest.importorskip('torchvision')
@@ -812,6 +813,7 @@ def test_simclr_workdir_has_no_target(simclr_workdir, tmp_path):
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.xdist_group(trained_run_lib.XDIST_GROUP)
 def test_end_to_end_train_then_convert(trained_run, tmp_path):
   """The real trainer's workdir (2 DetCon-B steps, conftest's shared run) ->
   convert, verified.

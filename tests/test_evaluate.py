@@ -227,6 +227,7 @@ def _check_result(r):
   assert math.isfinite(r['train_loss']['final'])
 
 
+@pytest.mark.xdist_group(trained_run_lib.XDIST_GROUP)
 def test_end_to_end_on_a_trained_checkpoint_and_the_random_floor(trained_run, tmp_path):
   # The real trainer's 2-step DetCon-B workdir (conftest's shared run),
   # copied: the probe writes its results into the workdir.

@@ -6,9 +6,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from dense_ssl import flip_test
 from tests import mask_records
+from tests import trained_run as trained_run_lib
 
 
 def test_accuracy_is_one_for_mirrored_features_and_zero_without_the_mirror():
@@ -26,6 +28,7 @@ def test_accuracy_is_one_for_mirrored_features_and_zero_without_the_mirror():
   assert acc == 0.0 and err == 1.0
 
 
+@pytest.mark.xdist_group(trained_run_lib.XDIST_GROUP)
 def test_flip_test_on_a_trained_checkpoint(trained_run, tmp_path):
   # The real trainer's 2-step DetCon-B workdir (conftest's shared run): the
   # tool reads any method's encoder.

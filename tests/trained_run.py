@@ -7,7 +7,10 @@ pytest session makes it once (conftest.py's `trained_run` fixture), and a
 file lock makes it once across pytest-xdist workers: the first worker trains,
 the others wait for it and read what it left.
 
-Tests must not write into it: copy it (`copy_workdir`) to change or add files.
+The tests that use it are in one xdist group (XDIST_GROUP; launch/test.sh
+runs --dist loadgroup), so one worker trains and runs them while the other
+goes on with other tests, instead of idling at the lock. Tests must not write
+into it: copy it (`copy_workdir`) to change or add files.
 """
 
 import dataclasses
@@ -18,6 +21,7 @@ import filelock
 import numpy as np
 
 STEPS = 2
+XDIST_GROUP = 'trained_run'
 
 
 @dataclasses.dataclass(frozen=True)
