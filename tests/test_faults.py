@@ -162,6 +162,11 @@ def test_a_failed_start_leaves_a_workdir_a_corrected_run_accepts(data_dir, tmp_p
 
 # ------------------------------------- item 4: a damaged latest checkpoint ---
 
+# The tests that read three_steps run on one pytest-xdist worker (launch/test.sh:
+# --dist loadgroup): each worker would otherwise train its own.
+THREE_STEPS = pytest.mark.xdist_group('faults_three_steps')
+
+
 @pytest.fixture(scope='module')
 def three_steps(data_dir, tmp_path_factory):
   """A BYOL workdir with complete checkpoints of steps 2 and 3 (of 4)."""
@@ -192,6 +197,7 @@ def damaged_copy(three_steps, tmp_path, how):
   return workdir, 'state/_METADATA is missing'
 
 
+@THREE_STEPS
 @pytest.mark.parametrize('how', ['truncated', 'no_metadata'])
 def test_damaged_latest_checkpoint_falls_back_and_training_finishes(
     three_steps, tmp_path, caplog, capfd, how):
@@ -211,6 +217,7 @@ def test_damaged_latest_checkpoint_falls_back_and_training_finishes(
   assert 'Event loop is closed' not in capfd.readouterr().err
 
 
+@THREE_STEPS
 def test_resuming_with_another_optimiser_names_the_differing_keys(three_steps, tmp_path):
   workdir = str(tmp_path / 'run')
   shutil.copytree(three_steps[0], workdir)
@@ -233,6 +240,7 @@ def convert_cli(*args):
                         env=dict(os.environ, JAX_PLATFORMS='cpu'))
 
 
+@THREE_STEPS
 def test_converter_skips_a_damaged_latest_checkpoint_in_one_line(three_steps, tmp_path):
   workdir, why = damaged_copy(three_steps, tmp_path, 'truncated')
   out = str(tmp_path / 'r10.pkl')
