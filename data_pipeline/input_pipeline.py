@@ -563,5 +563,9 @@ def make_pretrain_iterator(data_config, *, global_batch_size, seed, start_step,
 def _naming_damaged_shards(iterator, data_dir, process_index, process_count):
   try:
     yield from iterator
+  except GeneratorExit:
+    # An iterator closed unfinished (also at interpreter exit, when the module's
+    # globals may already be gone: the clause below would then fail on `tf`).
+    raise
   except tf.errors.DataLossError as e:
     raise damaged_shard_error(data_dir, process_index, process_count, e) from e
