@@ -58,7 +58,7 @@ def pytest_collection_modifyitems(config, items):
   def rank(item):
     if item.get_closest_marker('slow') is not None:
       return 0
-    name = os.path.basename(str(item.fspath))
+    name = item.path.name
     return 1 + (_LONG_FILES.index(name) if name in _LONG_FILES else len(_LONG_FILES))
 
   items.sort(key=rank)

@@ -143,3 +143,17 @@ def test_no_reference_to_a_missing_top_level_file(name):
   hits = [os.path.relpath(d, REPO) for d in _documents()
           if name in open(d).read() and not d.endswith('test_layout.py')]
   assert hits == []
+
+
+@pytest.mark.xdist_group('layout')
+def test_xdist_groups_are_honoured(request):
+  """launch/test.sh's `--dist loadgroup` keeps each xdist_group on one worker
+  (the multi-process tests one after another, one shared training run); some
+  pytest / pytest-xdist pairs silently do not (pytest 9.2 with xdist 3.8:
+  requirements-dev.txt), and the suite then runs, slower and with
+  multi-process launches side by side."""
+  if not getattr(request.config.option, 'loadgroup', False):
+    pytest.skip('not run by pytest-xdist with --dist loadgroup')
+  assert request.node.nodeid.endswith('@layout'), (
+      f'pytest-xdist did not group {request.node.nodeid}: pytest {pytest.__version__} '
+      'and this pytest-xdist do not work together; install requirements-dev.txt')
