@@ -16,8 +16,8 @@ _flags = os.environ.get('XLA_FLAGS', '')
 # LLVM at -O1 instead of XLA:CPU's default -O3: compiling is most of this
 # suite's time, and -O1 compiles a test-preset DetCon-B train step and its
 # init in 6.2 + 1.8 s instead of 7.6 + 3.6 s on 1 device (8.0 + 2.2 vs
-# 8.8 + 3.8 on 4), with the same step time (0.19 s; 1.0 s on 4). -O0 was tried before and measured a net loss:
-# its code runs 3-4x slower.
+# 8.8 + 3.8 on 4), with the same step time (0.19 s; 1.0 s on 4). -O0 was
+# tried before and measured a net loss: its code runs 3-4x slower.
 if '--xla_backend_optimization_level' not in _flags:
   _flags += ' --xla_backend_optimization_level=1'
 os.environ['XLA_FLAGS'] = (_flags + ' --xla_force_host_platform_device_count=4').strip()

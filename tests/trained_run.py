@@ -18,6 +18,7 @@ import os
 import shutil
 
 import filelock
+from flax import traverse_util
 import numpy as np
 
 STEPS = 2
@@ -35,27 +36,6 @@ class TrainedRun:
   encoders: dict
 
 
-def _flatten(tree, prefix=''):
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f'{prefix}{k}/'))
-    else:
-      out[f'{prefix}{k}'] = np.asarray(v)
-  return out
-
-
-def _unflatten(flat):
-  out = {}
-  for path, v in flat.items():
-    node = out
-    *parents, last = path.split('/')
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[last] = v
-  return out
-
-
 def _train(root):
   """Trains into root/{masks,run} and saves the returned encoders to root/encoders.npz."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -71,11 +51,10 @@ def _train(root):
   out = train.train_and_evaluate(config, os.path.join(root, 'run'))
   assert out['finished'] and out['step'] == STEPS, out
   state = jax.device_get(out['state'])
-  flat = {}
-  for net in ('online', 'target'):
-    flat.update(_flatten({net: {
-        'params': dict(getattr(state, f'{net}_params')['encoder']),
-        'batch_stats': dict(getattr(state, f'{net}_batch_stats')['encoder'])}}))
+  flat = traverse_util.flatten_dict(
+      {net: {'params': getattr(state, f'{net}_params')['encoder'],
+             'batch_stats': getattr(state, f'{net}_batch_stats')['encoder']}
+       for net in ('online', 'target')}, sep='/')
   np.savez(os.path.join(root, 'encoders.tmp.npz'), **flat)
   # The marker of a finished run: written last, atomically.
   os.replace(os.path.join(root, 'encoders.tmp.npz'), os.path.join(root, 'encoders.npz'))
@@ -93,7 +72,7 @@ def get(root):
         shutil.rmtree(os.path.join(root, name), ignore_errors=True)
       _train(root)
   with np.load(done) as f:
-    tree = _unflatten(dict(f))
+    tree = traverse_util.unflatten_dict(dict(f), sep='/')
   encoders = {net: (tree[net]['params'], tree[net]['batch_stats'])
               for net in ('online', 'target')}
   return TrainedRun(os.path.join(root, 'run'), os.path.join(root, 'masks'), encoders)
