@@ -19,6 +19,17 @@ instance map with each instance id replaced by that object's class, so
 occlusion is the instance map's (a pixel belongs to the top object) and
 background pixels are 0.
 
+Appearance (`appearance`): 'random' (the default, and the demo's) draws every
+object's texture from all textures but the background's, so nothing but
+the outline tells a class; 'class_texture' draws an object's texture from
+its shape kind's own pool (CLASS_TEXTURES: textures k, k + 5, ... for
+SHAPES[k]), so a class also has a characteristic surface, as natural
+categories do (tint, size and rotation stay random). The shapes, the GT and
+the class map are the same in both; only the object pixels differ. The mask
+study (benchmarks/mask_ablation.py --scenes=class_texture) uses it because
+on 'random' scenes the SSL objectives learn little about the class within
+CPU budgets (WORKSPACE.md section 5).
+
 Splits: scene indices are the split. The mask precompute takes train scenes
 from index 0 and held-out ones from SPLIT_FIRST_INDEX['val'] (1,000,000) or
 ['test'] (2,000,000) (precompute_masks --split_name=val), so a split never
@@ -30,6 +41,7 @@ process or call order (for given numpy and scikit-image versions).
 
   image, gt = generate_scene(7)            # uint8 [128, 128, 3], int32 [128, 128]
   image, gt, cls = generate_labelled_scene(7)   # + int32 [128, 128] class map
+  image, gt, cls = generate_labelled_scene(7, appearance='class_texture')
   for image_id, image, gt in iterate_scenes(2000): ...
   for image_id, image, gt, cls in iterate_scenes(200, start=10**6, classes=True): ...
 """
@@ -61,6 +73,11 @@ _TEXTURES = ('brick', 'grass', 'gravel', 'camera', 'moon', 'coins', 'cell',
              'clock', 'page', 'text', 'astronaut', 'coffee', 'chelsea', 'rocket',
              'hubble_deep_field', 'immunohistochemistry', 'retina', 'colorwheel')
 _TEXTURE_SIDE = 192
+APPEARANCES = ('random', 'class_texture')
+# 'class_texture': SHAPES[k] draws its textures from CLASS_TEXTURES[k]
+# (indices into _TEXTURES; disjoint, every texture in one pool).
+CLASS_TEXTURES = tuple(tuple(range(k, len(_TEXTURES), len(SHAPES)))
+                       for k in range(len(SHAPES)))
 _MAX_ATTEMPTS = 100
 
 
@@ -165,13 +182,32 @@ def _owners(masks, size):
   return owner
 
 
-def generate_scene_with_classes(index, seed=0, size=DEFAULT_SIZE):
+def check_appearance(appearance):
+  if appearance not in APPEARANCES:
+    raise ValueError(f'demo scene appearance {appearance!r}: choose one of {APPEARANCES}')
+
+
+def object_texture(rng, kind, bg_tex, appearance='random'):
+  """The texture index of an object of shape kind `kind` (one draw from `rng`).
+
+  Never the background's texture `bg_tex`. 'random': any other texture;
+  'class_texture': one of CLASS_TEXTURES[kind].
+  """
+  num_tex = len(_TEXTURES)
+  if appearance == 'random':
+    return int((bg_tex + 1 + rng.integers(num_tex - 1)) % num_tex)
+  pool = [t for t in CLASS_TEXTURES[kind] if t != bg_tex]
+  return int(pool[rng.integers(len(pool))])
+
+
+def generate_scene_with_classes(index, seed=0, size=DEFAULT_SIZE, appearance='random'):
   """Scene `index` of `seed`, with the shape kind of each object.
 
   Args:
     index: scene number (any int >= 0).
     seed: dataset seed; scenes of different seeds are independent.
     size: image side in pixels (>= MIN_SIZE).
+    appearance: 'random' or 'class_texture' (module docstring).
 
   Returns:
     image: uint8 [size, size, 3].
@@ -182,6 +218,7 @@ def generate_scene_with_classes(index, seed=0, size=DEFAULT_SIZE):
   if size < MIN_SIZE:
     raise ValueError(f'demo scenes need size >= {MIN_SIZE} (objects of at least'
                      f' {MIN_VISIBLE_PIXELS} pixels), got {size}.')
+  check_appearance(appearance)
   rng = np.random.default_rng([seed, index])
   num_tex = len(_TEXTURES)
   target = int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))
@@ -210,7 +247,7 @@ def generate_scene_with_classes(index, seed=0, size=DEFAULT_SIZE):
   # Backgrounds a little darker, so the objects read as foreground.
   image[bg] = _tinted_texture(rng, bg_tex, size, bg_hue, bg) * rng.uniform(0.55, 0.8)
   for i in range(len(masks)):
-    tex = int((bg_tex + 1 + rng.integers(num_tex - 1)) % num_tex)  # Not the bg's.
+    tex = object_texture(rng, kinds[i], bg_tex, appearance)
     # Hues kept away from the background's so objects stand out from it.
     hue = (bg_hue + rng.uniform(0.2, 0.8)) % 1.0
     sel = owner == i
@@ -220,12 +257,12 @@ def generate_scene_with_classes(index, seed=0, size=DEFAULT_SIZE):
   return image, owner + 1, np.asarray(kinds, np.int32)
 
 
-def generate_scene(index, seed=0, size=DEFAULT_SIZE):
+def generate_scene(index, seed=0, size=DEFAULT_SIZE, appearance='random'):
   """Scene `index` of `seed`: (image uint8 [size, size, 3], gt int32 [size, size]).
 
   See generate_scene_with_classes.
   """
-  image, gt, _ = generate_scene_with_classes(index, seed, size)
+  image, gt, _ = generate_scene_with_classes(index, seed, size, appearance)
   return image, gt
 
 
@@ -242,12 +279,12 @@ def class_map(gt, classes):
   return lut[np.asarray(gt)]
 
 
-def generate_labelled_scene(index, seed=0, size=DEFAULT_SIZE):
+def generate_labelled_scene(index, seed=0, size=DEFAULT_SIZE, appearance='random'):
   """Scene `index` of `seed`: (image, gt, class map int32 [size, size]).
 
   The image and gt are generate_scene's; the class map is class_map's.
   """
-  image, gt, classes = generate_scene_with_classes(index, seed, size)
+  image, gt, classes = generate_scene_with_classes(index, seed, size, appearance)
   return image, gt, class_map(gt, classes)
 
 
@@ -256,14 +293,16 @@ def scene_id(index):
   return f'demo/{index:06d}'
 
 
-def iterate_scenes(num_examples, seed=0, size=DEFAULT_SIZE, start=0, classes=False):
+def iterate_scenes(num_examples, seed=0, size=DEFAULT_SIZE, start=0, classes=False,
+                   appearance='random'):
   """Yields (image_id, image, gt) for scenes start .. start + num_examples - 1.
 
   With `classes`, (image_id, image, gt, class map) (generate_labelled_scene).
   """
+  check_appearance(appearance)
   for i in range(start, start + num_examples):
     if classes:
-      yield (scene_id(i),) + generate_labelled_scene(i, seed, size)
+      yield (scene_id(i),) + generate_labelled_scene(i, seed, size, appearance)
     else:
-      image, gt = generate_scene(i, seed, size)
+      image, gt = generate_scene(i, seed, size, appearance)
       yield scene_id(i), image, gt

@@ -40,6 +40,9 @@ demo  the synthetic scenes of data_pipeline/demo_dataset.py (--num_examples,
   --demo_first_index=N sets the first scene explicitly (any split name):
     python -m data_pipeline.precompute_masks --source=demo --split_name=val \
         --num_examples=500 --out_dir=$MASKS/demo_val
+  --demo_appearance=class_texture gives each shape kind its own texture pool
+  (same shapes, GT and classes; other object pixels); the default 'random'
+  leaves the outline as a class's only cue.
 
 Label maps
 ----------
@@ -180,6 +183,9 @@ flags.DEFINE_integer('demo_first_index', None, 'demo: index of the first scene.'
                      ' Default: by --split_name, train 0, val 1000000, test 2000000'
                      ' (held-out scenes never in train); other split names need it.',
                      flag_values=FLAGS)
+flags.DEFINE_string('demo_appearance', 'random', 'demo: random (a class is its'
+                    ' outline only) or class_texture (each shape kind draws its'
+                    ' textures from its own pool; demo_dataset.py).', flag_values=FLAGS)
 flags.DEFINE_integer('limit', None, 'Use only the first N inputs (smoke runs).',
                      flag_values=FLAGS)
 flags.DEFINE_float('progress_every_s', 5.0, 'Seconds between progress lines.',

@@ -119,3 +119,31 @@ def test_class_map_is_the_shape_kind_on_the_instance_pixels():
       assert demo_dataset.CLASS_NAMES[kind + 1] == demo_dataset.SHAPES[kind]
   ids = [s[0] for s in demo_dataset.iterate_scenes(2, start=10**6, classes=True)]
   assert ids == ['demo/1000000', 'demo/1000001']
+
+
+def test_class_texture_appearance_keeps_shapes_and_ties_textures_to_classes():
+  pools = demo_dataset.CLASS_TEXTURES
+  assert len(pools) == len(demo_dataset.SHAPES)
+  flat = sorted(t for pool in pools for t in pool)
+  assert flat == list(range(len(demo_dataset.textures())))  # Disjoint, all used.
+  rng = np.random.default_rng(0)
+  for kind in range(len(pools)):
+    for bg in range(len(flat)):
+      random_draws = {demo_dataset.object_texture(rng, kind, bg) for _ in range(200)}
+      assert random_draws == set(range(len(flat))) - {bg}
+      class_draws = {demo_dataset.object_texture(rng, kind, bg, 'class_texture')
+                     for _ in range(100)}
+      assert class_draws == set(pools[kind]) - {bg}
+  for index in range(4):
+    image, gt, kinds = demo_dataset.generate_scene_with_classes(index, 2, 64)
+    t_image, t_gt, t_kinds = demo_dataset.generate_scene_with_classes(
+        index, 2, 64, appearance='class_texture')
+    np.testing.assert_array_equal(gt, t_gt)
+    np.testing.assert_array_equal(kinds, t_kinds)
+    assert image.tobytes() != t_image.tobytes()
+    assert t_image.dtype == np.uint8 and t_image.shape == image.shape
+  _, it_image, _, _ = next(demo_dataset.iterate_scenes(
+      1, seed=2, size=64, start=3, classes=True, appearance='class_texture'))
+  assert it_image.tobytes() == t_image.tobytes()
+  with pytest.raises(ValueError, match='class_textures'):
+    demo_dataset.generate_scene(0, appearance='class_textures')

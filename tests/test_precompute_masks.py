@@ -379,6 +379,27 @@ def test_demo_source_with_gt_feeds_the_input_pipeline(tmp_path):
     assert batch['view2/mask'].shape == (1, 4, 32, 32)
 
 
+def test_demo_appearance_is_part_of_the_run(tmp_path, capsys):
+  from data_pipeline import demo_dataset
+  out = tmp_path / 'out'
+  assert run(out, '--source=demo', '--num_examples=2', '--image_size=64', *FAST,
+             '--demo_appearance=class_textures') == 2
+  assert '--demo_appearance=\'class_textures\': choose one of random, class_texture' in (
+      capsys.readouterr().err)
+  assert not out.exists()
+  assert run(out, '--source=demo', '--num_examples=2', '--image_size=64', *FAST,
+             '--demo_appearance=class_texture') == 0
+  manifest, exs = read_dataset(out)
+  assert 'appearance=class_texture' in manifest['source']
+  for image_id, image, gt, _ in demo_dataset.iterate_scenes(
+      2, size=64, classes=True, appearance='class_texture'):
+    np.testing.assert_array_equal(pixels(exs[str(image_id)]), image)
+    np.testing.assert_array_equal(exs[str(image_id)]['masks']['gt'], gt)
+  # The default scenes are another run: refused in the same folder, not mixed in.
+  assert run(out, '--source=demo', '--num_examples=2', '--image_size=64', *FAST) == 2
+  assert 'different parameters' in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------- TFDS ---
 
 def _panoptic_example(i):

@@ -50,6 +50,7 @@ class Params:
   demo_seed: int = 0
   image_size: int = 128
   demo_first_index: int = None
+  demo_appearance: str = 'random'
   limit: int = None
   progress_every_s: float = 5.0
   verify: bool = False
@@ -293,7 +294,8 @@ def plan_job(params, log=print, command_extra=()):
   source, folder_ids, skipped = sources.open_source(
       params.source, data_dir=params.data_dir, num_examples=params.num_examples,
       demo_seed=params.demo_seed, image_size=params.image_size, limit=params.limit,
-      split_name=params.split_name, first_index=params.demo_first_index)
+      split_name=params.split_name, first_index=params.demo_first_index,
+      demo_appearance=params.demo_appearance)
   gt = bool(params.gt and source.has_gt)
   classes = gt and source.has_classes
   if params.gt and not source.has_gt and source.kind == 'tfds':

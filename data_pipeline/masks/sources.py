@@ -45,6 +45,7 @@ class Source:
   demo_seed: int = 0
   image_size: int = 0
   demo_first_index: int = 0    # demo: scene index of item 0 (the split's range)
+  demo_appearance: str = 'random'   # demo: demo_dataset.APPEARANCES
   fingerprint: str = ''
 
 
@@ -135,7 +136,8 @@ def demo_first_index(split_name, first_index=None):
 
 
 def open_source(spec, *, data_dir=None, num_examples=None, demo_seed=0,
-                image_size=128, limit=None, split_name='train', first_index=None):
+                image_size=128, limit=None, split_name='train', first_index=None,
+                demo_appearance='random'):
   """Parses --source and enumerates it. Returns (Source, folder ids or None, Skipped).
 
   Demo: the scenes first .. first + n - 1, first = demo_first_index(split_name,
@@ -174,11 +176,17 @@ def open_source(spec, *, data_dir=None, num_examples=None, demo_seed=0,
           f'--num_examples={n}: split {split_name!r} starts at scene {first} and the'
           f' next split {demo_dataset.SPLIT_STRIDE} scenes later; use at most'
           f' {demo_dataset.SPLIT_STRIDE} scenes, or --demo_first_index')
-    # Train's description (first index 0) is the one runs had before splits.
+    if demo_appearance not in demo_dataset.APPEARANCES:
+      raise PrecomputeError(f'--demo_appearance={demo_appearance!r}: choose one of'
+                            f' {", ".join(demo_dataset.APPEARANCES)}')
+    # Train's description (first index 0) is the one runs had before splits;
+    # the default appearance is the one they had before appearances.
     where = f', first={first}' if first else ''
+    if demo_appearance != 'random':
+      where += f', appearance={demo_appearance}'
     src = Source('demo', f'demo(seed={demo_seed}, size={image_size}{where})', n, True,
                  has_classes=True, demo_seed=demo_seed, image_size=image_size,
-                 demo_first_index=first)
+                 demo_first_index=first, demo_appearance=demo_appearance)
   else:
     raise PrecomputeError(f'--source={spec!r}: use folder:DIR, tfds:NAME:SPLIT'
                           ' (e.g. tfds:imagenet2012:train, tfds:coco/2017_panoptic:train)'
@@ -281,7 +289,8 @@ def iterate_items(source, positions, folder_ids=None):
     first = source.demo_first_index
     scenes = demo_dataset.iterate_scenes(len(positions), seed=source.demo_seed,
                                          size=source.image_size,
-                                         start=first + positions.start, classes=True)
+                                         start=first + positions.start, classes=True,
+                                         appearance=source.demo_appearance)
     for pos, (image_id, image, gt, cls) in zip(positions, scenes):
       yield Item(str(image_id), f'demo[{first + pos}]', lambda image=image: image,
                  gt=lambda gt=gt: np.asarray(gt), classes=lambda cls=cls: cls)
