@@ -3,6 +3,8 @@ r"""DetCon's mask study in miniature (Hénaff et al. 2021, Sec. 4.3, Fig. 7).
   python -m benchmarks.mask_ablation                    # the CPU study (about 3 h on 2 cores)
   python -m benchmarks.mask_ablation --preset=gpu       # larger, for an accelerator
   python -m benchmarks.mask_ablation --preset=smoke     # minutes: checks the mechanics
+  python -m benchmarks.mask_ablation --scenes=class_texture   # classes with a surface
+  python -m benchmarks.mask_ablation --render_only      # redraw .md/.png from the .json
 
 On the demo scenes (data_pipeline/demo_dataset.py, which carry GT instances
 and a semantic class map): pretrains DetCon-S with masks of increasing
@@ -16,6 +18,13 @@ the GT instances (data_pipeline/mask_quality.py). Writes
 benchmarks/results/mask_ablation.md (the table: ABO, probe mIoU mean +-
 spread over seeds), .json (every number) and .png (Fig. 7 redrawn: x ABO,
 y probe mIoU, one point per mask set, SimCLR marked).
+
+--scenes=class_texture runs the same study on demo scenes whose shape kinds
+draw their textures from their own pools (demo_dataset.py, "Appearance"), so
+a class has a surface as well as an outline; results go to
+benchmarks/results/mask_ablation_class_texture.*, work to
+WORK_DIR/<preset>_class_texture. The default scenes ('random') tell a class
+by its outline only.
 
 The evaluation is fixed before any result is seen (probe protocol and its
 hyper-parameters below); nothing here is tuned to produce an ordering.
@@ -38,7 +47,12 @@ _PRESET = flags.DEFINE_enum('preset', 'cpu', ['cpu', 'gpu', 'smoke'], 'Study siz
 _SEEDS = flags.DEFINE_integer('seeds', None, 'Seeds per variant (default: the preset\'s).')
 _VARIANTS = flags.DEFINE_list('variants', None, 'Subset of variants (default: all).')
 _WORK = flags.DEFINE_string('work_dir', 'out/mask_ablation', 'Data, runs and probes.')
-_OUT = flags.DEFINE_string('out', 'benchmarks/results/mask_ablation', 'Result files prefix.')
+_SCENES = flags.DEFINE_enum('scenes', 'random', ['random', 'class_texture'],
+                            'Demo scene appearance (demo_dataset.APPEARANCES).')
+_OUT = flags.DEFINE_string('out', None, 'Result files prefix (default: '
+                           'benchmarks/results/mask_ablation[_class_texture]).')
+_RENDER_ONLY = flags.DEFINE_bool('render_only', False, 'Only redraw OUT.md and OUT.png '
+                                 'from an earlier study\'s OUT.json; trains nothing.')
 
 # Preset -> sizes. cpu: 16 pretrainings of ~9 min + probes on 2 cores.
 PRESETS = {
@@ -64,12 +78,13 @@ VARIANTS = {
 }
 
 
-def precompute(split, num, out_dir, fh):
+def precompute(split, num, out_dir, fh, scenes='random'):
   """The demo scenes of `split` with FH, GT and class maps (resumes if there)."""
   if os.path.exists(os.path.join(out_dir, 'manifest.json')):
     return
   cmd = [sys.executable, '-m', 'data_pipeline.precompute_masks', '--source=demo',
          f'--split_name={split}', f'--num_examples={num}', f'--out_dir={out_dir}',
+         f'--demo_appearance={scenes}',
          '--fh_scales=' + ','.join(str(s) for s in fh),
          '--fh_min_sizes=' + ','.join(str(FH_MIN_SIZE[s]) for s in fh),
          '--examples_per_shard=250']
@@ -95,27 +110,49 @@ def variant_config(name, seed, p, data_dir):
   return c
 
 
+def _load(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def _dump(obj, path):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(obj, f, indent=1)
+  os.replace(path + '.tmp', path)
+
+
 def pretrain(name, seed, p, data_dir, workdir):
+  """Pretrains one variant; its time and final loss are kept in WORKDIR/study_run.json."""
   from dense_ssl import train  # pylint: disable=g-import-not-at-top
+  record = os.path.join(workdir, 'study_run.json')
+  if os.path.exists(record):   # Finished earlier: a re-run would report 0 s and no loss.
+    return _load(record)
   t = time.perf_counter()
   out = train.train_and_evaluate(variant_config(name, seed, p, data_dir), workdir)
-  return dict(seconds=time.perf_counter() - t,
-              final_loss=out['metrics'].get('train/loss') if out['metrics'] else None)
+  run = dict(seconds=time.perf_counter() - t,
+             final_loss=out['metrics'].get('train/loss') if out['metrics'] else None)
+  _dump(run, record)
+  return run
 
 
-def probe(p, train_dir, val_dir, seed, workdir=None):
-  """mIoU of the frozen-feature probe (C4) of a workdir's encoder, or of a random one."""
+def probe(p, train_dir, val_dir, seed, workdir=None, floor_dir=None):
+  """The frozen-feature probe (C4) of a workdir's encoder, or of a random one.
+
+  The result JSON is kept (WORKDIR/probe_c4_online.json, or
+  FLOOR_DIR/probe_c4_random_seed<seed>.json) and reused by a re-run.
+  """
   from dense_ssl import evaluate  # pylint: disable=g-import-not-at-top
-  out = os.path.join(workdir, 'probe_c4_online.json') if workdir else None
-  if out and os.path.exists(out):
-    with open(out) as f:
-      return json.load(f)
+  out = (os.path.join(workdir, 'probe_c4_online.json') if workdir
+         else os.path.join(floor_dir, f'probe_c4_random_seed{seed}.json'))
+  if os.path.exists(out):
+    return _load(out)
   kw = dict(data_dir=train_dir, eval_data_dir=val_dir, feature='c4',
-            image_size=p['probe_size'], steps=p['probe_steps'], seed=seed)
+            image_size=p['probe_size'], steps=p['probe_steps'], seed=seed, out=out)
   if workdir:
-    return evaluate.evaluate_probe(workdir=workdir, out=out, **kw)
-  return evaluate.evaluate_probe(init='random', depth=p['depth'], width_multiplier=1,
-                                 write=False, **kw)
+    return evaluate.evaluate_probe(workdir=workdir, **kw)
+  os.makedirs(floor_dir, exist_ok=True)
+  return evaluate.evaluate_probe(init='random', depth=p['depth'], width_multiplier=1, **kw)
 
 
 def summarise(values):
@@ -125,7 +162,7 @@ def summarise(values):
               std=float(v.std(ddof=1)) if len(v) > 1 else 0.0, n=len(v))
 
 
-def plot(rows, floor, path):
+def plot(rows, floor, path, title='DetCon Fig. 7 in miniature (demo scenes)'):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -147,7 +184,7 @@ def plot(rows, floor, path):
   ax.axhline(floor['mean'], color='grey', ls=':', lw=1, label='random init')
   ax.set_xlabel('mask quality: Average Best Overlap with GT instances')
   ax.set_ylabel('frozen C4 linear probe mIoU (val)')
-  ax.set_title('DetCon Fig. 7 in miniature (demo scenes)')
+  ax.set_title(title, fontsize=9)
   ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
@@ -163,14 +200,30 @@ def main(argv):
   unknown = sorted(set(variants) - set(VARIANTS))
   if unknown:
     raise app.UsageError(f'--variants: unknown {unknown}; choose from {list(VARIANTS)}')
-  work = os.path.abspath(os.path.join(_WORK.value, _PRESET.value))
+  scenes = _SCENES.value
+  suffix = '' if scenes == 'random' else f'_{scenes}'
+  out_prefix = _OUT.value or f'benchmarks/results/mask_ablation{suffix}'
+  if _RENDER_ONLY.value:
+    if not os.path.exists(out_prefix + '.json'):
+      raise app.UsageError(f'--render_only: {out_prefix}.json does not exist; run the study '
+                           'first, or point --out (or --scenes) at its result files.')
+    report(_load(out_prefix + '.json'), out_prefix)
+    return
+  work = os.path.abspath(os.path.join(_WORK.value, _PRESET.value + suffix))
   train_dir, val_dir = os.path.join(work, 'data', 'train'), os.path.join(work, 'data', 'val')
   t_start = time.perf_counter()
-  precompute('train', p['train_scenes'], train_dir, p['fh'])
-  precompute('val', p['val_scenes'], val_dir, p['fh'])
+  precompute('train', p['train_scenes'], train_dir, p['fh'], scenes)
+  precompute('val', p['val_scenes'], val_dir, p['fh'], scenes)
   abo = {r['name']: r['abo'] for r in mask_quality.measure(train_dir, grids=(1, 2, 5))['rows']}
+  print('ABO on the train scenes:',
+        ', '.join(f'{k} {v:.3f}' for k, v in abo.items() if v is not None), flush=True)
 
-  floor = summarise([probe(p, train_dir, val_dir, s)['miou'] for s in seeds])
+  floor_runs = [probe(p, train_dir, val_dir, s, floor_dir=os.path.join(work, 'floor'))
+                for s in seeds]
+  floor = summarise([r['miou'] for r in floor_runs])
+  probe_seconds = sum(r['timing']['total_s'] for r in floor_runs)
+  print(f'random init (floor): probe mIoU {floor["mean"]:.4f} '
+        f'({floor["min"]:.4f}-{floor["max"]:.4f})', flush=True)
   rows = []
   for name in variants:
     runs = []
@@ -178,39 +231,60 @@ def main(argv):
       workdir = os.path.join(work, 'runs', f'{name}_seed{seed}')
       run = pretrain(name, seed, p, train_dir, workdir)
       result = probe(p, train_dir, val_dir, seed, workdir)
+      probe_seconds += result['timing']['total_s']
       runs.append(dict(run, seed=seed, miou=result['miou'],
-                       pixel_accuracy=result['pixel_accuracy']))
+                       pixel_accuracy=result['pixel_accuracy'],
+                       per_class_iou=result['per_class_iou']))
       print(f'{name} seed {seed}: probe mIoU {result["miou"]:.4f}', flush=True)
     config_name, mask, _, mask_set = VARIANTS[name]
     rows.append(dict(variant=name, config=config_name, mask=mask, mask_set=mask_set,
                      abo=abo.get(mask_set) if mask_set else None,
                      miou=summarise([r['miou'] for r in runs]), runs=runs))
   wall = time.perf_counter() - t_start
+  result = dict(
+      preset=_PRESET.value, scenes=scenes, machine=common.machine_line(), sizes=p,
+      seeds=seeds, abo=abo, floor=floor,
+      floor_runs=[dict(seed=s, miou=r['miou'], pixel_accuracy=r['pixel_accuracy'],
+                       per_class_iou=r['per_class_iou']) for s, r in zip(seeds, floor_runs)],
+      rows=rows, wall_seconds=wall, probe_seconds=probe_seconds)
+  _dump(result, os.path.abspath(out_prefix + '.json'))
+  report(result, out_prefix)
 
-  lines = [f'# DetCon mask study in miniature (preset {_PRESET.value})', '',
-           common.machine_line(),
+
+def report(result, out_prefix):
+  """Writes OUT_PREFIX.md (the table) and .png (Fig. 7) from the study's JSON."""
+  p, floor, seeds = result['sizes'], result['floor'], result['seeds']
+  order = list(VARIANTS)
+  rows = sorted(result['rows'], key=lambda r: order.index(r['variant']))
+  scenes = result.get('scenes', 'random')
+  # A resumed study's wall time covers only its last invocation; the runs'
+  # and probes' own times add up the work wherever it was done.
+  pretrain_min = sum(run['seconds'] for r in rows for run in r['runs']) / 60
+  probe_min = result.get('probe_seconds')
+  times = (f'Pretraining {pretrain_min:.1f} min'
+           + (f' + probes {probe_min / 60:.1f} min' if probe_min is not None else '')
+           + f'; the last invocation\'s wall time {result["wall_seconds"] / 60:.1f} min.')
+  lines = [f'# DetCon mask study in miniature (preset {result["preset"]}, scenes {scenes})', '',
+           result.get('machine') or common.machine_line(),
            f'ResNet-{p["depth"]}, {p["image_size"]} px views, batch {p["batch_size"]}, '
            f'{p["steps"]} steps per pretraining, {p["train_scenes"]} train / '
            f'{p["val_scenes"]} val demo scenes, seeds {seeds}; probe: frozen C4, '
-           f'linear, {p["probe_steps"]} Adam steps, {p["probe_size"]} px, mIoU on val. '
-           f'Wall time {wall / 60:.1f} min.', '',
-           '| variant | masks | ABO | probe mIoU mean | min | max | n |',
-           '|---|---|---|---|---|---|---|',
-           f'| random init (floor) | - | - | {floor["mean"]:.4f} | {floor["min"]:.4f} | '
-           f'{floor["max"]:.4f} | {floor["n"]} |']
+           f'linear, {p["probe_steps"]} Adam steps, {p["probe_size"]} px, mIoU on val '
+           f'(6 classes: background + 5 shapes). ABO on the train scenes. {times}', '',
+           '| variant | masks | ABO | probe mIoU mean | - floor | min | max | std | n |',
+           '|---|---|---|---|---|---|---|---|---|',
+           f'| random init (floor) | - | - | {floor["mean"]:.4f} | - | {floor["min"]:.4f} | '
+           f'{floor["max"]:.4f} | {floor["std"]:.4f} | {floor["n"]} |']
   for r in rows:
     m = r['miou']
     abo_s = f'{r["abo"]:.3f}' if r['abo'] is not None else '-'
     lines.append(f'| {r["variant"]} | {r["mask_set"] or "-"} | {abo_s} | {m["mean"]:.4f} | '
-                 f'{m["min"]:.4f} | {m["max"]:.4f} | {m["n"]} |')
-  os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)
-  common.write_table('\n'.join(lines) + '\n', _OUT.value + '.md')
-  with open(_OUT.value + '.json', 'w') as f:
-    json.dump(dict(preset=_PRESET.value, sizes=p, seeds=seeds, abo=abo, floor=floor,
-                   rows=rows, wall_seconds=wall), f, indent=1)
-  plot(rows, floor, _OUT.value + '.png')
-  print('written:', _OUT.value + '.{md,json,png}')
-
+                 f'{m["mean"] - floor["mean"]:+.4f} | {m["min"]:.4f} | {m["max"]:.4f} | '
+                 f'{m["std"]:.4f} | {m["n"]} |')
+  common.write_table('\n'.join(lines) + '\n', out_prefix + '.md')
+  plot(rows, floor, out_prefix + '.png',
+       f'DetCon Fig. 7 in miniature (demo scenes: {scenes}, preset {result["preset"]})')
+  print('written:', out_prefix + '.{md,json,png}')
 
 if __name__ == '__main__':
   app.run(main)
