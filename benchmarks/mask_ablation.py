@@ -1,6 +1,6 @@
 r"""DetCon's mask study in miniature (Hénaff et al. 2021, Sec. 4.3, Fig. 7).
 
-  python -m benchmarks.mask_ablation                    # the CPU study (about 3 h on 2 cores)
+  python -m benchmarks.mask_ablation                    # the CPU study (1.6-2 h on 2 cores)
   python -m benchmarks.mask_ablation --preset=gpu       # larger, for an accelerator
   python -m benchmarks.mask_ablation --preset=smoke     # minutes: checks the mechanics
   python -m benchmarks.mask_ablation --scenes=class_texture   # classes with a surface
@@ -43,18 +43,28 @@ from absl import flags
 
 from benchmarks import common
 
-_PRESET = flags.DEFINE_enum('preset', 'cpu', ['cpu', 'gpu', 'smoke'], 'Study size.')
-_SEEDS = flags.DEFINE_integer('seeds', None, 'Seeds per variant (default: the preset\'s).')
-_VARIANTS = flags.DEFINE_list('variants', None, 'Subset of variants (default: all).')
-_WORK = flags.DEFINE_string('work_dir', 'out/mask_ablation', 'Data, runs and probes.')
+# Its own FlagValues: tests import this module beside others that define
+# --out etc. on absl's global FLAGS.
+FLAGS = flags.FlagValues()
+_PRESET = flags.DEFINE_enum('preset', 'cpu', ['cpu', 'gpu', 'smoke'], 'Study size.',
+                            flag_values=FLAGS)
+_SEEDS = flags.DEFINE_integer('seeds', None, 'Seeds per variant (default: the preset\'s).',
+                              flag_values=FLAGS)
+_VARIANTS = flags.DEFINE_list('variants', None, 'Subset of variants (default: all).',
+                              flag_values=FLAGS)
+_WORK = flags.DEFINE_string('work_dir', 'out/mask_ablation', 'Data, runs and probes.',
+                            flag_values=FLAGS)
 _SCENES = flags.DEFINE_enum('scenes', 'random', ['random', 'class_texture'],
-                            'Demo scene appearance (demo_dataset.APPEARANCES).')
+                            'Demo scene appearance (demo_dataset.APPEARANCES).',
+                            flag_values=FLAGS)
 _OUT = flags.DEFINE_string('out', None, 'Result files prefix (default: '
-                           'benchmarks/results/mask_ablation[_class_texture]).')
+                           'benchmarks/results/mask_ablation[_class_texture]).',
+                           flag_values=FLAGS)
 _RENDER_ONLY = flags.DEFINE_bool('render_only', False, 'Only redraw OUT.md and OUT.png '
-                                 'from an earlier study\'s OUT.json; trains nothing.')
+                                 'from an earlier study\'s OUT.json; trains nothing.',
+                                 flag_values=FLAGS)
 
-# Preset -> sizes. cpu: 16 pretrainings of ~9 min + probes on 2 cores.
+# Preset -> sizes. cpu: 16 pretrainings of 5-7 min + probes, 1.6-2 h on 2 cores.
 PRESETS = {
     'smoke': dict(depth=10, image_size=64, batch_size=16, steps=4, train_scenes=64,
                   val_scenes=32, seeds=1, probe_steps=20, probe_size=64, fh=(250, 500)),
@@ -286,5 +296,14 @@ def report(result, out_prefix):
        f'DetCon Fig. 7 in miniature (demo scenes: {scenes}, preset {result["preset"]})')
   print('written:', out_prefix + '.{md,json,png}')
 
+def _parse_flags(argv):
+  """This script's flags, then absl's own (logging) from what is left."""
+  rest = FLAGS(argv, known_only=True)
+  if {'-h', '--help', '--helpshort', '--helpfull'} & set(rest[1:]):
+    print(FLAGS.main_module_help())
+    sys.exit(0)
+  return app.parse_flags_with_usage(rest)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
