@@ -217,7 +217,12 @@ def main(argv):
     if not os.path.exists(out_prefix + '.json'):
       raise app.UsageError(f'--render_only: {out_prefix}.json does not exist; run the study '
                            'first, or point --out (or --scenes) at its result files.')
-    report(_load(out_prefix + '.json'), out_prefix)
+    try:
+      report(_load(out_prefix + '.json'), out_prefix)
+    except (ValueError, KeyError, TypeError) as e:   # JSONDecodeError is a ValueError.
+      raise app.UsageError(f'--render_only: {out_prefix}.json is not a study\'s result '
+                           f'file ({type(e).__name__}: {e}); re-run the study to rewrite '
+                           'it (finished runs and probes are reused).') from e
     return
   work = os.path.abspath(os.path.join(_WORK.value, _PRESET.value + suffix))
   train_dir, val_dir = os.path.join(work, 'data', 'train'), os.path.join(work, 'data', 'val')
@@ -295,6 +300,7 @@ def report(result, out_prefix):
   plot(rows, floor, out_prefix + '.png',
        f'DetCon Fig. 7 in miniature (demo scenes: {scenes}, preset {result["preset"]})')
   print('written:', out_prefix + '.{md,json,png}')
+
 
 def _parse_flags(argv):
   """This script's flags, then absl's own (logging) from what is left."""
