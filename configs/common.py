@@ -94,6 +94,13 @@ def apply_preset(c, preset):
   if preset not in PRESETS:
     raise ValueError(f'Unknown config preset {preset!r} for {c.name}: choose one of '
                      f'{", ".join(PRESETS)} (e.g. --config=configs/{c.name}.py:demo).')
+  if preset in ('imagenet', 'coco'):
+    # Accelerator presets compute in bfloat16 (the MXU's native type; ~0.7x
+    # the HBM of float32: dense_ssl.compile_check). Parameters, optimiser
+    # state, BN statistics, the EMA and every head output the losses read
+    # stay float32 (models/network.py), so logits at temperature 0.1 are
+    # never bfloat16. The CPU presets (demo, test) keep float32.
+    c.model.dtype = 'bfloat16'
   if preset == 'coco':
     # DetCon Sec. 3.2: FH with s in {500, 1000, 1500}, c = s, on COCO. Its
     # appendix A.3 (COCO schedule) is not in our copy of the paper: we keep the

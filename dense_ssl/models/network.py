@@ -15,6 +15,7 @@ predictor (online side only), and the objectives' heads.
 from typing import Any, Callable, Optional, Tuple
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -73,4 +74,8 @@ class SSLNetwork(nn.Module):
     for i, head in enumerate(self.objective_heads):
       if heads_used is None or i in heads_used:
         out.update(head(feats, train=train, **kw))
-    return out
+    # Whatever the compute dtype, the losses get float32: similarities at a
+    # temperature of 0.1 and their softmax lose too much in bfloat16 (8 bits
+    # of mantissa). The encoder's feature maps are float32 already.
+    return jax.tree.map(lambda x: x.astype(jnp.float32)
+                        if jnp.issubdtype(x.dtype, jnp.floating) else x, out)
