@@ -24,7 +24,6 @@ it); unexpected exceptions (bugs) keep their traceback.
 
 import logging as py_logging
 import os
-import re
 import sys
 
 from absl import app
@@ -33,6 +32,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from data_pipeline import tf_setup
+from dense_ssl import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file and preset, e.g. configs/detcon_b.py:demo.',
@@ -71,74 +71,11 @@ PROG = 'dense_ssl.main'
 
 def fail(message, code=1):
   """Prints `dense_ssl.main: ERROR: message` on stderr and exits."""
-  print(f'{PROG}: ERROR: {message}', file=sys.stderr)
-  sys.exit(code)
+  cli.fail(PROG, message, code)
 
 
-def _override_naming(key, argv):
-  """The --config.* argument that names config key part `key`, if any."""
-  for arg in argv:
-    if arg.startswith('--config.'):
-      path = arg[len('--'):].split('=', 1)[0]
-      if key in path.split('.'):
-        return arg.split('=', 1)[0]
-  return None
-
-
-def _last_line(error):
-  lines = [l.strip() for l in str(error).splitlines() if l.strip()]
-  return lines[-1] if lines else type(error).__name__
-
-
-def parse_flags(argv):
-  """absl's flag parsing, with config mistakes as one line (app.run's parser).
-
-  ml_collections raises a bare AttributeError/KeyError for a misspelt
-  --config.* key (a 46-line traceback); this names the key instead.
-  """
-  verbose = any(a in ('--verbose', '--verbose=true', '--verbose=True', '--verbose=1')
-                for a in argv)
-  try:
-    rest = flags.FLAGS(argv)
-    try:  # A config file that fails to load is only reported on first use.
-      _CONFIG.value.get('name')
-    except (OSError, AttributeError) as e:
-      if verbose:
-        raise
-      config_arg = next((a for a in argv if a.startswith('--config=')), '--config')
-      fail(f'{config_arg}: cannot load the config file: {_last_line(e)}')
-    return rest
-  except flags.Error as e:
-    if verbose:
-      raise
-    text = str(e)
-    if 'Traceback (most recent call last)' in text:  # The config file raised.
-      text = f'{text.splitlines()[0].rstrip(":")}: {_last_line(text)}'
-    print(f'{PROG}: ERROR: {text}\nPass --helpshort or --helpfull to see help on flags.',
-          file=sys.stderr)
-    sys.exit(1)
-  except (AttributeError, KeyError) as e:
-    if verbose:
-      raise
-    inner = e   # AttributeError(KeyError("'key'\nDid you mean ...")) -> the text
-    while inner.args and isinstance(inner.args[0], BaseException):
-      inner = inner.args[0]
-    text = inner.args[0] if inner.args and isinstance(inner.args[0], str) else str(inner)
-    match = re.match(r"^'([^']+)'", text)
-    key = match[1] if match else None
-    suggestion = re.search(r'Did you mean "([^"]+)"', text)
-    flag = _override_naming(key, argv[1:]) if key else None
-    hint = f' (did you mean {suggestion[1]!r}?)' if suggestion else ''
-    if flag:
-      fail(f'{flag}: config.{flag[len("--config."):]} is not a config key{hint}; '
-           'see the config file for the keys there are.')
-    fail(f'a --config.* override names no config key: {text.splitlines()[0]}{hint}')
-  except Exception as e:  # pylint: disable=broad-except
-    # The config file itself (--config=FILE:PRESET) failed to load, e.g. an
-    # unknown preset.
-    if verbose:
-      raise
-    fail(f'--config: {type(e).__name__}: {e} (--verbose shows the traceback)')
+_last_line = cli.last_line
+parse_flags = cli.config_flags_parser(PROG, _CONFIG)
 
 
 class _QuietLibraries(py_logging.Filter):

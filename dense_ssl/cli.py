@@ -1,0 +1,91 @@
+"""What the entry points that take --config share: one-line user errors.
+
+  parse_flags = cli.config_flags_parser('dense_ssl.main', _CONFIG)
+  app.run(main, flags_parser=parse_flags)
+
+A user error prints `<prog>: ERROR: <one line>` on stderr and exits 1; the
+traceback only with --verbose.
+"""
+
+import re
+import sys
+
+from absl import flags
+
+
+def fail(prog, message, code=1):
+  """Prints `<prog>: ERROR: message` on stderr and exits."""
+  print(f'{prog}: ERROR: {message}', file=sys.stderr)
+  sys.exit(code)
+
+
+def last_line(error):
+  """The last non-empty line of an error's text (or its type's name)."""
+  lines = [l.strip() for l in str(error).splitlines() if l.strip()]
+  return lines[-1] if lines else type(error).__name__
+
+
+def _override_naming(key, argv):
+  """The --config.* argument that names config key part `key`, if any."""
+  for arg in argv:
+    if arg.startswith('--config.'):
+      path = arg[len('--'):].split('=', 1)[0]
+      if key in path.split('.'):
+        return arg.split('=', 1)[0]
+  return None
+
+
+def config_flags_parser(prog, config_flag):
+  """absl's flag parsing with config mistakes as one line (for app.run).
+
+  ml_collections raises a bare AttributeError/KeyError for a misspelt
+  --config.* key (a 46-line traceback); this names the key instead.
+  config_flag: the FlagHolder of config_flags.DEFINE_config_file.
+  """
+
+  def parse_flags(argv):
+    verbose = any(a in ('--verbose', '--verbose=true', '--verbose=True', '--verbose=1')
+                  for a in argv)
+    try:
+      rest = flags.FLAGS(argv)
+      try:  # A config file that fails to load is only reported on first use.
+        config_flag.value.get('name')
+      except (OSError, AttributeError) as e:
+        if verbose:
+          raise
+        config_arg = next((a for a in argv if a.startswith('--config=')), '--config')
+        fail(prog, f'{config_arg}: cannot load the config file: {last_line(e)}')
+      return rest
+    except flags.Error as e:
+      if verbose:
+        raise
+      text = str(e)
+      if 'Traceback (most recent call last)' in text:  # The config file raised.
+        text = f'{text.splitlines()[0].rstrip(":")}: {last_line(text)}'
+      print(f'{prog}: ERROR: {text}\nPass --helpshort or --helpfull to see help on flags.',
+            file=sys.stderr)
+      sys.exit(1)
+    except (AttributeError, KeyError) as e:
+      if verbose:
+        raise
+      inner = e   # AttributeError(KeyError("'key'\nDid you mean ...")) -> the text
+      while inner.args and isinstance(inner.args[0], BaseException):
+        inner = inner.args[0]
+      text = inner.args[0] if inner.args and isinstance(inner.args[0], str) else str(inner)
+      match = re.match(r"^'([^']+)'", text)
+      key = match[1] if match else None
+      suggestion = re.search(r'Did you mean "([^"]+)"', text)
+      flag = _override_naming(key, argv[1:]) if key else None
+      hint = f' (did you mean {suggestion[1]!r}?)' if suggestion else ''
+      if flag:
+        fail(prog, f'{flag}: config.{flag[len("--config."):]} is not a config key{hint}; '
+             'see the config file for the keys there are.')
+      fail(prog, f'a --config.* override names no config key: {text.splitlines()[0]}{hint}')
+    except Exception as e:  # pylint: disable=broad-except
+      # The config file itself (--config=FILE:PRESET) failed to load, e.g. an
+      # unknown preset.
+      if verbose:
+        raise
+      fail(prog, f'--config: {type(e).__name__}: {e} (--verbose shows the traceback)')
+
+  return parse_flags
