@@ -455,6 +455,24 @@ def make_views_fn(data_config, mask_names, masks_dtype=tf.int32):
   return fn
 
 
+def example_spec(data_config, masks_dtype=tf.uint16):
+  """{batch key: (shape, numpy dtype)} of ONE example as the pipeline ships it.
+
+  Traced from the same views function the pipeline maps over its records
+  (no data is read): every view incl. local crops, the image dtype of
+  data.color_on, the mask in `masks_dtype` (input_pipeline.mask_dtype of the
+  dataset), box and flip. The compile check (dense_ssl/compile_check.py)
+  builds its abstract batch from it.
+  """
+  mask_names = [] if _get(data_config, 'mask', 'fh') == 'grid' else ['spec']
+  views_fn = make_views_fn(data_config, mask_names, masks_dtype)
+  seed = tf.constant([0, 0], tf.int64)
+  ds = tf.data.Dataset.from_tensors(tf.constant(b'')).map(
+      tf.autograph.experimental.do_not_convert(lambda r: views_fn(seed, r)))
+  return {k: (tuple(v.shape.as_list()), v.dtype.as_numpy_dtype)
+          for k, v in ds.element_spec.items()}
+
+
 # ------------------------------------------------------------------- dataset ---
 
 def _base_seed(seed, process_index):

@@ -148,18 +148,41 @@ def global_batch(local_batch, mesh):
   return out
 
 
+def step_dtype(key, dtype):
+  """The dtype of batch entry `key` as the method sees it after the colour recipe.
+
+  Float images, int32 masks; everything else as shipped.
+  """
+  if key.endswith('/image'):
+    return np.dtype(np.float32)
+  if key.endswith('/mask'):
+    return np.dtype(np.int32)
+  return np.dtype(dtype)
+
+
 def init_state(method, tx, config, sample_batch, mesh):
   """Initialises the TrainState replicated over the mesh (compiled once)."""
   rng = jax.random.PRNGKey(config.seed)
   # Two examples of device 0 give every shape; BN init needs no statistics.
   sample = {k: np.asarray(v)[0, :2] for k, v in sample_batch.items()}
-  # As the step sees them after the colour recipe: float images, int32 masks.
-  sample = {k: v.astype(np.float32) if k.endswith('/image') else
-            v.astype(np.int32) if k.endswith('/mask') else v for k, v in sample.items()}
+  sample = {k: v.astype(step_dtype(k, v.dtype)) for k, v in sample.items()}
   repl = NamedSharding(mesh, P())
   init = jax.jit(lambda r, b: state_lib.create_train_state(method, tx, r, b),
                  out_shardings=repl)
   return init(rng, sample)
+
+
+def abstract_state(method, tx, config, example_spec):
+  """The TrainState init_state would make, as shapes and dtypes (nothing computed).
+
+  example_spec: {key: (shape, dtype)} of one example
+  (input_pipeline.example_spec). For compiling the step ahead of time
+  (dense_ssl/compile_check.py).
+  """
+  sample = {k: jax.ShapeDtypeStruct((2,) + tuple(shape), step_dtype(k, dtype))
+            for k, (shape, dtype) in example_spec.items()}
+  return jax.eval_shape(lambda r, b: state_lib.create_train_state(method, tx, r, b),
+                        jax.random.PRNGKey(config.seed), sample)
 
 
 COMPILE_WAIT_S = 3600  # How long a process waits for the others to compile.

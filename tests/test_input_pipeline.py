@@ -321,3 +321,16 @@ def test_mask_dtype_is_the_smallest_that_holds_the_ids():
   assert ip.mask_dtype({'max_label_id': 70000}, {'mask': 'fh'}) == tf.int32
   assert ip.mask_dtype({}, {'mask': 'fh'}) == tf.int32   # A manifest from before the field.
   assert ip.mask_dtype({}, {'mask': 'grid', 'grid_size': 17}) == tf.uint16
+
+
+def test_example_spec_is_what_the_pipeline_ships(coord_dir):
+  """The compile check's abstract batch (example_spec) = a real batch's shapes and dtypes."""
+  cfg = config(coord_dir, color_on='device', num_local_crops=2, local_crop_size=16)
+  batch = take(ip.make_pretrain_dataset(cfg, global_batch_size=4, seed=0,
+                                        num_local_devices=2), 1)[0]
+  spec = ip.example_spec(cfg, ip.mask_dtype(ip.read_manifest(coord_dir), cfg))
+  assert sorted(spec) == sorted(batch)
+  for k, (shape, dtype) in spec.items():
+    assert batch[k].shape == (2, 2) + shape and batch[k].dtype == dtype, k
+  assert spec['view1/image'] == ((S, S, 3), np.uint8)
+  assert spec['view3/image'] == ((16, 16, 3), np.uint8)

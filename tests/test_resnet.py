@@ -344,3 +344,21 @@ def test_mlp_head():
   got8 = f(v, jax.device_put(x8, NamedSharding(mesh, P('batch'))))
   np.testing.assert_allclose(np.asarray(got8), np.asarray(want8), rtol=1e-4,
                              atol=1e-5)
+
+
+@pytest.mark.parametrize('depth,size', [(18, 224), (50, 224), (50, 96)])
+def test_forward_macs_equal_torchvisions_counted_convolutions(depth, size):
+  """The analytic count of the compile check = torchvision's convs counted by hooks."""
+  model = getattr(torchvision.models, f'resnet{depth}')()
+  counted = []
+
+  def hook(module, inputs, output):
+    k = module.kernel_size[0] * module.kernel_size[1]
+    counted.append(output[0].numel() * k * module.in_channels // module.groups)
+
+  for m in model.modules():
+    if isinstance(m, torch.nn.Conv2d):
+      m.register_forward_hook(hook)
+  with torch.no_grad():
+    model(torch.zeros(1, 3, size, size))
+  assert resnet.forward_macs(depth, size) == sum(counted)

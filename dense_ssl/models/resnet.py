@@ -146,6 +146,37 @@ def blocks(depth: int, width_multiplier: int = 1) -> Tuple[Block, ...]:
   return tuple(out)
 
 
+def _out_size(size: int, kernel: int, stride: int) -> int:
+  pad = (kernel - 1) // 2
+  return (size + 2 * pad - kernel) // stride + 1
+
+
+def forward_macs(depth: int, image_size: int, width_multiplier: int = 1) -> int:
+  """Multiply-accumulates of the convolutions of one forward pass on one image.
+
+  Counted from the layout above (stem, blocks, shortcuts; no BN, ReLU,
+  pooling or classifier): sum over convs of k^2 C_in C_out H_out W_out.
+  ResNet-50 at 224 px: 4.09e9 (the "4.1 GFLOPs" of He et al. 2016 are
+  these MACs). An independent count for the compile check's FLOPs
+  (dense_ssl/compile_check.py), which the compiler's cost analysis can be
+  read against.
+  """
+  first = stem(width_multiplier)
+  size = _out_size(image_size, first.kernel, first.stride)
+  macs = first.kernel**2 * first.in_channels * first.out_channels * size**2
+  size = _out_size(size, 3, 2)  # The max-pool.
+  for b in blocks(depth, width_multiplier):
+    main, shortcut = b.convs
+    s = size
+    for spec in main:
+      s = _out_size(s, spec.kernel, spec.stride)
+      macs += spec.kernel**2 * spec.in_channels * spec.out_channels * s**2
+    if shortcut is not None:
+      macs += shortcut.in_channels * shortcut.out_channels * s**2
+    size = s
+  return macs
+
+
 # ----------------------------------------------------------------------------
 # The Flax modules.
 # ----------------------------------------------------------------------------

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Compiles the training step for a TPU slice on this host (no TPU needed) and
+# reports per-device HBM, FLOPs and collectives (dense_ssl/compile_check.py).
+# Installs the project's venv and libtpu on first use.
+#
+#   bash launch/compile_check.sh --config=configs/detcon_b.py:imagenet --accelerator=v4-32
+#   bash launch/compile_check.sh --config=configs/clove.py:imagenet --accelerator=v4-32 \
+#       --find_max_batch
+#
+# Exit status: 0 fits, 3 does not fit, 1 a user error (one line on stderr).
+set -euo pipefail
+source "$(dirname "$0")/setup_env.sh"
+source "$(dirname "$0")/tpu_compiler.sh"
+exec python -m dense_ssl.compile_check "$@"
