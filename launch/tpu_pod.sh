@@ -11,8 +11,14 @@
 # ACCELERATOR_TYPE (v4-32), RUNTIME_VERSION (tpu-ubuntu2204-base), CONFIG
 # (configs/detcon_b.py:imagenet), REPO_URL (git URL of this repository; default:
 # the origin of this checkout), REPO_REF (default: this checkout's commit),
-# STEPS=create,install,train (any subset), DRY_RUN=1 (print, run nothing).
-# Extra arguments go to dense_ssl.main.
+# STEPS=check,create,install,train (any subset), DRY_RUN=1 (print, run nothing).
+# Extra arguments go to dense_ssl.main (its --config.* ones to the check too).
+#
+# The `check` step runs first, on this machine, before any slice is created or
+# used: the training step is compiled for ACCELERATOR_TYPE by the TPU compiler
+# (launch/compile_check.sh, no TPU needed; 5-20 minutes for a ResNet-50 on a
+# laptop-class CPU) and the launch stops if it does not fit the slice's HBM.
+# Its report goes to out/compile_check/. Skip it with STEPS=create,install,train.
 #
 # Logs: process 0 writes TensorBoard events and config.json to WORKDIR; the
 # console of every worker goes to ~/dense_ssl_train.log on that worker.
@@ -33,7 +39,7 @@ esac
 ACCELERATOR_TYPE="${ACCELERATOR_TYPE:-v4-32}"
 RUNTIME_VERSION="${RUNTIME_VERSION:-tpu-ubuntu2204-base}"
 CONFIG="${CONFIG:-configs/detcon_b.py:imagenet}"
-STEPS="${STEPS:-create,install,train}"
+STEPS="${STEPS:-check,create,install,train}"
 REPO_URL="${REPO_URL:-$(git -C "$repo" remote get-url origin 2>/dev/null || true)}"
 REPO_REF="${REPO_REF:-$(git -C "$repo" rev-parse HEAD 2>/dev/null || true)}"
 [ -n "$REPO_URL" ] || die "set REPO_URL: the workers clone dense_ssl from it"
@@ -49,6 +55,26 @@ ssh_all() {
   run gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" "${project[@]}" \
     --worker=all --command="$1"
 }
+
+if [[ ",$STEPS," == *",check,"* ]]; then
+  overrides=()
+  for a in "$@"; do [[ "$a" == --config.* ]] && overrides+=("$a"); done
+  if [ "${DRY_RUN:-0}" = 1 ]; then
+    echo "+ bash $repo/launch/compile_check.sh --config=$CONFIG --accelerator=$ACCELERATOR_TYPE ${overrides[*]}"
+  else
+    echo "== check: does $CONFIG fit $ACCELERATOR_TYPE? (compiling the step for it here)"
+    status=0
+    bash "$repo/launch/compile_check.sh" --config="$CONFIG" \
+      --accelerator="$ACCELERATOR_TYPE" "${overrides[@]}" || status=$?
+    case "$status" in
+      0) ;;
+      3) die "$CONFIG does not fit $ACCELERATOR_TYPE (report above): choose a larger
+  ACCELERATOR_TYPE or a smaller --config.batch_size (compile_check --find_max_batch
+  finds the largest that fits); no slice was created or used" ;;
+      *) die "the compile check failed (exit $status, above); no slice was created or used" ;;
+    esac
+  fi
+fi
 
 if [[ ",$STEPS," == *",create,"* ]]; then
   if [ "${DRY_RUN:-0}" != 1 ] && gcloud compute tpus tpu-vm describe "$TPU_NAME" \

@@ -23,9 +23,32 @@ def test_tpu_pod_checks_variables_and_prints_commands():
             ACCELERATOR_TYPE='v4-128')
   assert out.returncode == 0, out.stderr
   assert 'tpu-vm create t --zone=z --accelerator-type=v4-128' in out.stdout
+  # The compile check runs first, with the run's --config.* overrides.
+  assert ('launch/compile_check.sh --config=configs/detcon_b.py:imagenet '
+          '--accelerator=v4-128 --config.seed=3') in out.stdout
+  assert out.stdout.index('compile_check.sh') < out.stdout.index('tpu-vm create')
   assert "jax[tpu]==0.10.2" in out.stdout and '--worker=all' in out.stdout
   assert ('dense_ssl.main --config=configs/detcon_b.py:imagenet --workdir=gs://b/w '
           '--config.data.dir=gs://b/m --multihost --config.seed=3') in out.stdout
+
+
+def test_tpu_pod_stops_before_creating_a_slice_when_the_check_fails(tmp_path):
+  """A config the check refuses: no gcloud call at all (a stand-in gcloud records calls)."""
+  calls = tmp_path / 'calls'
+  gcloud = tmp_path / 'gcloud'
+  gcloud.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexit 1\n')
+  gcloud.chmod(0o755)
+  # 4 devices of a v4-8 cannot share a global batch of 6: the check says so.
+  out = subprocess.run(
+      ['bash', os.path.join(REPO, 'launch', 'tpu_pod.sh'), '--config.batch_size=6'],
+      capture_output=True, text=True, timeout=900,
+      env=dict(os.environ, TPU_NAME='t', ZONE='z', WORKDIR='gs://b/w', MASKS='gs://b/m',
+               REPO_URL='https://example.org/x.git', ACCELERATOR_TYPE='v4-8',
+               CONFIG='configs/detcon_b.py:test', PATH=f'{tmp_path}:{os.environ["PATH"]}'))
+  assert out.returncode == 1, out.stdout + out.stderr
+  assert 'config.batch_size=6 does not divide over the 4 devices of v4-8' in out.stderr
+  assert 'no slice was created or used' in out.stderr
+  assert not calls.exists()
 
 
 def test_slurm_gpu_single_host_and_multi_host():
