@@ -2,6 +2,7 @@
 
 import os
 import platform
+import sys
 
 import numpy as np
 
@@ -39,3 +40,22 @@ def write_table(text, out):
     os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
     with open(out, 'w') as f:
       f.write(text)
+
+
+def own_flags_parser(flag_values):
+  """app.run's flags_parser for a script with its own FlagValues.
+
+  The script's flags first (so tests can import it beside modules that
+  define the same names on absl's global FLAGS), then absl's own (logging)
+  from what is left; --help prints the script's flags.
+  """
+  from absl import app  # pylint: disable=g-import-not-at-top
+
+  def parse(argv):
+    rest = flag_values(argv, known_only=True)
+    if {'-h', '--help', '--helpshort', '--helpfull'} & set(rest[1:]):
+      print(flag_values.main_module_help())
+      sys.exit(0)
+    return app.parse_flags_with_usage(rest)
+
+  return parse

@@ -302,14 +302,5 @@ def report(result, out_prefix):
   print('written:', out_prefix + '.{md,json,png}')
 
 
-def _parse_flags(argv):
-  """This script's flags, then absl's own (logging) from what is left."""
-  rest = FLAGS(argv, known_only=True)
-  if {'-h', '--help', '--helpshort', '--helpfull'} & set(rest[1:]):
-    print(FLAGS.main_module_help())
-    sys.exit(0)
-  return app.parse_flags_with_usage(rest)
-
-
 if __name__ == '__main__':
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=common.own_flags_parser(FLAGS))
