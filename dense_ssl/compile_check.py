@@ -1,9 +1,11 @@
-r"""Will it fit, and what will a step cost? THE training step compiled for a TPU slice, here.
+r"""Will it fit, and what will a step cost? THE training step compiled for a TPU slice or GPUs, here.
 
   python -m dense_ssl.compile_check --config=configs/detcon_b.py:imagenet --accelerator=v4-32
+  python -m dense_ssl.compile_check --config=configs/detcon_b.py:imagenet \
+      --accelerator=h100-80gb-8 --per_device_batch=128
   python -m dense_ssl.compile_check --config=configs/clove.py:imagenet --accelerator=v4-32 \
       --find_max_batch --out=clove_v4-32.json
-  bash launch/compile_check.sh --config=... --accelerator=...   # installs libtpu first
+  bash launch/compile_check.sh --config=... --accelerator=...   # installs the compilers first
 
 No TPU is needed: libtpu (requirements-tpu.txt; `jax[tpu]` on a TPU VM)
 describes the devices of any slice (jax.experimental.topologies), and the
@@ -39,6 +41,18 @@ linear model of peak memory in the batch proposes, compiles decide.
 Accelerator names are the Cloud TPU ones: v4-N and v5p-N count TensorCores
 (2 per chip, one JAX device per chip: megacore), v5e-N (= v5litepod-N) and
 v6e-N count chips, v3-N (and v2-N) count TensorCores (one device each).
+
+NVIDIA GPUs the same way, with XLA's GPU compiler (the CUDA plugin,
+requirements-gpu-compile.txt, without the CUDA libraries) told the device's
+properties by a target config (gpu_targets/*.txtpb): h100-80gb-N is N H100
+SXM 80GB, 1, 2, 4 or 8 on one host, or N/8 hosts of 8. Two figures differ:
+the GPU compiler does not refuse a program larger than the device, so the
+verdict compares its peak estimate with the share of device memory JAX's
+GPU client allocates (XLA_PYTHON_CLIENT_MEM_FRACTION, 0.75 by default); and
+it has no cost analysis, so the FLOPs are those of the same per-device step
+compiled for one CPU device (its loss sees one device's batch, not the
+gathered ones). Kernels are not autotuned without a GPU, so the memory
+figures are a little less exact than for a TPU.
 """
 
 import dataclasses
@@ -77,10 +91,11 @@ from dense_ssl import cli
 
 PROG = 'dense_ssl.compile_check'
 GiB = 2**30
+TIGHT = 0.9   # A step above this share of the allowed HBM is flagged.
 
 
 class CompileCheckError(ValueError):
-  """A user error: an unknown accelerator, a batch that does not divide, no libtpu."""
+  """A user error: an unknown accelerator, a batch that does not divide, no compiler."""
 
 
 # --------------------------------------------------------- accelerators ---
@@ -111,17 +126,19 @@ EXAMPLES = ('v4-8', 'v4-32', 'v5e-16', 'v5litepod-16', 'v5p-32', 'v6e-8', 'v3-8'
 
 @dataclasses.dataclass(frozen=True)
 class Accelerator:
-  """One slice: what get_topology_desc needs, and per-device figures."""
+  """One slice (or set of GPUs): what get_topology_desc needs, and per-device figures."""
   name: str
   generation: str
-  topology: str                 # e.g. 'v4:2x2x4'
-  chip_config: str              # 'megacore' | 'default'
-  chips_per_host_bounds: tuple
+  topology: str                 # e.g. 'v4:2x2x4'; GPUs: '1x1x8' (see gpu_accelerator)
+  chip_config: str              # 'megacore' | 'default'; None for GPUs
+  chips_per_host_bounds: tuple  # None for GPUs
   num_chips: int
   num_devices: int
   num_hosts: int
   nominal_hbm_bytes: int        # per device
   peak_bf16_flops: float        # per device
+  platform: str = 'tpu'         # 'tpu' | 'cuda'
+  target_config: str = None     # GPUs: the device's description in gpu_targets/
 
   def to_json(self):
     return dataclasses.asdict(self)
@@ -152,15 +169,18 @@ def _torus(chips, dims):
 
 
 def accelerator(name):
-  """The Accelerator of a Cloud TPU name ('v4-32', 'v5litepod-16', ...)."""
+  """The Accelerator of a Cloud TPU name ('v4-32', 'v5litepod-16', ...) or GPUs ('h100-80gb-8')."""
+  if name.strip().lower().startswith(tuple(GPU_MODELS)):
+    return gpu_accelerator(name)
   match = re.fullmatch(r'(v\d+[a-z]*)-(\d+)', name.strip().lower())
   gen_name = ALIASES.get(match[1], match[1]) if match else None
   gen = GENERATIONS.get(gen_name)
   count = int(match[2]) if match else 0
   known = (f'known generations: {", ".join(list(GENERATIONS) + list(ALIASES))}; a name is '
-           f'<generation>-<count>, e.g. {", ".join(EXAMPLES)}')
+           f'<generation>-<count>, e.g. {", ".join(EXAMPLES)}; or NVIDIA GPUs: '
+           f'{", ".join(GPU_EXAMPLES)}')
   if gen is None:
-    raise CompileCheckError(f'--accelerator={name!r} is not a TPU slice name; {known}')
+    raise CompileCheckError(f'--accelerator={name!r} is not a TPU slice or GPU name; {known}')
   chips = count // 2 if gen.name_counts == 'cores' else count
   shape = _torus(chips, gen.dims) if chips else None
   if shape is None or (gen.name_counts == 'cores' and count % 2):
@@ -185,28 +205,131 @@ def accelerator(name):
       peak_bf16_flops=gen.peak_bf16_tflops_per_chip * 1e12 / gen.devices_per_chip)
 
 
-def require_libtpu():
-  """Fails with what to do when libtpu (the TPU compiler) is not importable."""
-  if importlib.util.find_spec('libtpu') is None:
+# platform -> (module that must be importable, what it is, the folder
+# launch/compilers.sh installs it into (its variable; else under the venv)).
+COMPILERS = {
+    'tpu': ('libtpu', 'libtpu (the TPU compiler, requirements-tpu.txt)',
+            'DENSE_SSL_TPU_COMPILER', 'tpu_compiler'),
+    'cuda': ('jax_plugins.xla_cuda12',
+             'the CUDA plugin (the GPU compiler, requirements-gpu-compile.txt)',
+             'DENSE_SSL_GPU_COMPILER', 'gpu_compiler'),
+}
+
+
+def require_compiler(acc):
+  """Puts the compiler of acc's platform on sys.path, or fails saying how to install it.
+
+  Neither compiler is installed where every Python sees it: with libtpu
+  importable, JAX on a host without a TPU looks for one and logs a page of
+  errors; with the CUDA plugin, every `import jax` logs "Could not find cuda
+  drivers". launch/compilers.sh installs each into a folder of the venv;
+  only this process adds the one it needs (before JAX loads the plugin).
+  """
+  module, what, variable, name = COMPILERS[acc.platform]
+  venv = os.environ.get('VIRTUAL_ENV') or os.path.join(
+      os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '.venv')
+  folder = os.environ.get(variable) or os.path.join(venv, name)
+  if os.path.isdir(folder) and folder not in sys.path:
+    sys.path.append(folder)
+  try:
+    found = importlib.util.find_spec(module) is not None
+  except ModuleNotFoundError:   # A dotted name whose parent is missing.
+    found = False
+  if not found:
     raise CompileCheckError(
-        'libtpu (the TPU compiler) is not installed in this Python: run the check '
-        'through `bash launch/compile_check.sh ...` (installs it beside the venv), or '
-        '`pip install -r requirements-tpu.txt`')
+        f'{what} is not installed (looked in {folder}): run the check through `bash '
+        f'launch/compile_check.sh ...`, which installs it there')
 
 
 @functools.cache
 def topology_devices(acc):
-  """The JAX devices of the slice (compile-only: nothing runs on them)."""
-  require_libtpu()
+  """The JAX devices of the slice or GPUs (compile-only: nothing runs on them)."""
+  require_compiler(acc)
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
-  topo = topologies.get_topology_desc(
-      platform='tpu', topology_name=acc.topology, chip_config_name=acc.chip_config,
-      chips_per_host_bounds=acc.chips_per_host_bounds, num_slices=1)
+  if acc.platform == 'cuda':
+    topo = gpu_topology(acc)
+  else:
+    topo = topologies.get_topology_desc(
+        platform='tpu', topology_name=acc.topology, chip_config_name=acc.chip_config,
+        chips_per_host_bounds=acc.chips_per_host_bounds, num_slices=1)
   devices = list(topo.devices)
   if len(devices) != acc.num_devices:
-    raise RuntimeError(f'libtpu made {len(devices)} devices for {acc.name} '
+    raise RuntimeError(f'the compiler made {len(devices)} devices for {acc.name} '
                        f'({acc.topology}, {acc.chip_config}); expected {acc.num_devices}')
   return devices
+
+
+# ---------------------------------------------------------- NVIDIA GPUs ---
+
+# XLA's GPU compiler compiles for GPUs it is told about: a target config (the
+# device's properties: SMs, memory, caches, rates; gpu_targets/*.txtpb, the
+# text form of XLA's GpuTargetConfigProto) and a topology 'PxHxD': NVLink
+# partitions x hosts per partition x GPUs per host. An 8-GPU host is one
+# NVLink domain, so several hosts are several partitions: 32 GPUs, '4x1x8'.
+
+GPU_TARGETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'gpu_targets')
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuModel:
+  """One NVIDIA GPU model as the check names it."""
+  target_config: str            # file in gpu_targets/
+  gpus_per_host: int            # an HGX / DGX board
+  peak_bf16_tflops: float       # dense bf16 tensor core rate, NVIDIA's datasheet
+
+
+GPU_MODELS = {'h100-80gb': GpuModel('h100_80gb.txtpb', 8, 989.4)}
+GPU_EXAMPLES = ('h100-80gb-1', 'h100-80gb-8', 'h100-80gb-32')
+# JAX's GPU client preallocates this share of device memory and its
+# allocator uses no more (XLA_PYTHON_CLIENT_MEM_FRACTION; its default).
+DEFAULT_GPU_MEM_FRACTION = 0.75
+
+
+def gpu_device_memory(target_config):
+  """device_memory_size (bytes) of a target config file in gpu_targets/."""
+  with open(os.path.join(GPU_TARGETS, target_config)) as f:
+    return int(re.search(r'^\s*device_memory_size:\s*(\d+)', f.read(), re.M)[1])
+
+
+def gpu_accelerator(name):
+  """The Accelerator of N GPUs: 'h100-80gb-8' (one host), 'h100-80gb-32' (4 hosts of 8)."""
+  match = re.fullmatch(r'([a-z]\d+-\d+gb)-(\d+)', name.strip().lower())
+  model = GPU_MODELS.get(match[1]) if match else None
+  count = int(match[2]) if match else 0
+  per_host = model.gpus_per_host if model else 0
+  if model is None or not (count in (1, 2, 4) or (count and count % per_host == 0)):
+    raise CompileCheckError(
+        f'--accelerator={name!r} is not a GPU set this check knows: <model>-<count> '
+        f'with model {" or ".join(GPU_MODELS)} and count 1, 2, 4, 8 (one host) or a '
+        f'multiple of 8 (hosts of 8), e.g. {", ".join(GPU_EXAMPLES)}')
+  hosts = max(1, count // per_host)
+  return Accelerator(
+      name=f'{match[1]}-{count}', generation=match[1],
+      topology=f'{hosts}x1x{min(count, per_host)}', chip_config=None,
+      chips_per_host_bounds=None, num_chips=count, num_devices=count, num_hosts=hosts,
+      nominal_hbm_bytes=gpu_device_memory(model.target_config),
+      peak_bf16_flops=model.peak_bf16_tflops * 1e12, platform='cuda',
+      target_config=model.target_config)
+
+
+def gpu_topology(acc):
+  """get_topology_desc of acc's GPUs."""
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(GPU_TARGETS, acc.target_config)) as f:
+    target = f.read()
+  try:
+    return topologies.get_topology_desc(platform='cuda', topology=acc.topology,
+                                        target_config=target)
+  except NotImplementedError as e:
+    # jax looks for plugins once, at its first backend: this process had
+    # started one before require_compiler put the CUDA plugin on the path.
+    raise CompileCheckError(
+        'the CUDA plugin is installed but jax did not load it: check GPUs in a '
+        'process that has not run jax yet (python -m dense_ssl.compile_check)') from e
+
+
+def gpu_mem_fraction():
+  return float(os.environ.get('XLA_PYTHON_CLIENT_MEM_FRACTION', DEFAULT_GPU_MEM_FRACTION))
 
 
 # ---------------------------------------------------- the compiler's HBM ---
@@ -255,7 +378,12 @@ def available_hbm(acc):
 
   A one-device program that needs far more than any TPU has is compiled;
   the refusal states the available HBM (e.g. 30.75G of a v4 chip's 32 GiB).
+  The GPU compiler compiles the same probe (2 TiB of temporaries on an
+  80 GB H100) with a warning, not a refusal: for GPUs, the share of device
+  memory that JAX's GPU client allocates.
   """
+  if acc.platform == 'cuda':
+    return int(gpu_mem_fraction() * acc.nominal_hbm_bytes)
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top,g-multiple-import
@@ -317,10 +445,15 @@ class Compiled:
   batch_bytes: int = 0         # the batch's bytes per device (one step's input)
   example_spec: dict = None
   method: object = None
+  masks_dtype: object = None
 
 
-def compile_step(config, acc, *, masks_dtype=None):
-  """Compiles the trainer's step for the slice at config.batch_size; -> Compiled."""
+def compile_step(config, acc, *, masks_dtype=None, devices=None, lower_only=False):
+  """Compiles the trainer's step for the slice at config.batch_size; -> Compiled.
+
+  devices: compile for these instead of acc's (one CPU: the FLOPs of a GPU
+  step). lower_only: Compiled.compiled is the jax Lowered, not compiled.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top,g-multiple-import
   from data_pipeline import input_pipeline  # pylint: disable=g-import-not-at-top
@@ -331,9 +464,10 @@ def compile_step(config, acc, *, masks_dtype=None):
   from dense_ssl.objectives.base import AXIS  # pylint: disable=g-import-not-at-top
 
   tf_setup.hide_accelerators()
-  n = acc.num_devices
+  devices = list(devices or topology_devices(acc))
+  n = len(devices)
   per_device = config.batch_size // n
-  mesh = Mesh(np.asarray(topology_devices(acc)), (AXIS,))
+  mesh = Mesh(np.asarray(devices), (AXIS,))
   method = method_lib.Method(config)
   # The program does not depend on the schedules (they are step inputs).
   total_steps, warmup_steps = 1000, 10
@@ -355,12 +489,14 @@ def compile_step(config, acc, *, masks_dtype=None):
                                   mesh, seed=config.seed, data_config=config.data)
   result = Compiled(
       per_device_batch=per_device, seconds=0.0, example_spec=spec, method=method,
+      masks_dtype=masks_dtype,
       params_bytes=4 * state_lib.num_params(state.online_params),
       batch_bytes=per_device * sum(math.prod(s) * np.dtype(d).itemsize
                                    for s, d in spec.values()))
   t0 = time.perf_counter()
   try:
-    result.compiled = _compile(step.lower(state, batch, hyper))
+    lowered = step.lower(state, batch, hyper)
+    result.compiled = lowered if lower_only else _compile(lowered)
   except OutOfMemory as e:
     result.oom = e
   result.seconds = time.perf_counter() - t0
@@ -447,6 +583,43 @@ def encoder_flops_per_example(config, method):
   return total
 
 
+# How the FLOPs of a compiler without a cost analysis (the GPU's) are
+# counted: 'compiled', XLA's CPU cost analysis of the optimised one-CPU
+# step; 'lowered', of its HLO before optimisation (no CPU compile: the same
+# convolutions and dots, a few more elementwise ops).
+CPU_FLOPS_FROM = 'compiled'
+
+
+def cpu_cost(result, acc):
+  """(cost analysis, seconds, source) of result's per-device step compiled for one CPU.
+
+  The GPU compiler has no cost analysis. The same step (config, per-device
+  batch, masks) on a one-device CPU mesh computes the same convolutions and
+  dots per device; only what the loss gathers across devices (DetCon's
+  negatives) is one device's batch instead of all of them.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  config = result.method.config.copy_and_resolve_references()
+  config.batch_size = result.per_device_batch
+  lower_only = CPU_FLOPS_FROM == 'lowered'
+  cpu = compile_step(config, acc, masks_dtype=result.masks_dtype,
+                     devices=jax.devices('cpu')[:1], lower_only=lower_only)
+  cost = cpu.compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  source = ('XLA\'s CPU cost analysis of the same per-device step ' +
+            ('lowered (before optimisation)' if lower_only else 'compiled') +
+            f' for one CPU device ({acc.platform} has none)')
+  return cost, cpu.seconds, source
+
+
+def peak_bytes(m):
+  """Peak device memory of a memory_analysis(), with the code."""
+  peak = int(getattr(m, 'peak_memory_in_bytes', 0) or
+             (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+              + m.temp_size_in_bytes))
+  return peak + m.generated_code_size_in_bytes
+
+
 def analyse(result, acc, *, available, prefetch=2):
   """The report's per-device figures of one Compiled."""
   rep = dict(per_device_batch=result.per_device_batch,
@@ -461,10 +634,7 @@ def analyse(result, acc, *, available, prefetch=2):
     return rep
   c = result.compiled
   m = c.memory_analysis()
-  peak = int(getattr(m, 'peak_memory_in_bytes', 0) or
-             (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-              + m.temp_size_in_bytes))
-  peak_with_code = peak + m.generated_code_size_in_bytes
+  peak_with_code = peak_bytes(m)
   rep['memory'] = dict(
       arguments_bytes=int(m.argument_size_in_bytes),
       outputs_bytes=int(m.output_size_in_bytes),
@@ -476,14 +646,24 @@ def analyse(result, acc, *, available, prefetch=2):
       available_bytes=int(available),
       fraction=peak_with_code / available,
       fits=peak_with_code <= available,
+      # Within 10% of the limit the runtime's own buffers, the prefetched
+      # batches and fragmentation can tip it over: choose a larger slice.
+      tight=peak_with_code > TIGHT * available,
       headroom_bytes=int(available - peak_with_code))
+  if acc.platform == 'cuda':
+    rep['memory'].update(device_memory_bytes=int(acc.nominal_hbm_bytes),
+                         allowed_fraction=gpu_mem_fraction())
   cost = c.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  source, source_seconds = 'XLA\'s cost analysis of the optimised per-device HLO', 0.0
+  if not cost:
+    cost, source_seconds, source = cpu_cost(result, acc)
   flops = float(cost.get('flops', 0.0))
   analytic = encoder_flops_per_example(result.method.config, result.method)
   per_example = flops / result.per_device_batch
   rep['flops'] = dict(
       per_device_step=flops, per_example=per_example,
+      source=source, source_seconds=round(source_seconds, 1),
       bytes_accessed_per_device_step=float(cost.get('bytes accessed', 0.0)),
       analytic_encoder_per_example=float(analytic),
       compiled_over_analytic=per_example / analytic if analytic else None,
@@ -525,9 +705,9 @@ def find_max_batch(config, acc, first, *, available, granularity=8, limit=4096,
   def record(res):
     b = res.per_device_batch
     if res.oom is None:
-      m = res.compiled.memory_analysis()
-      points[b] = m.peak_memory_in_bytes + m.generated_code_size_in_bytes
-      fits[b] = True
+      points[b] = peak_bytes(res.compiled.memory_analysis())
+      # The GPU compiler compiles what does not fit; the TPU's refuses.
+      fits[b] = points[b] <= available
     else:
       points[b] = res.oom.required
       fits[b] = False
@@ -604,7 +784,8 @@ def check(config, acc, *, config_name='', per_device_batch=None, find_max=False,
   report = dict(
       config=config_name, name=config.name, accelerator=acc.to_json(),
       compute_dtype=str(config.model.dtype), jax=jax.__version__,
-      libtpu=_libtpu_version(),
+      # The compiler's package version: libtpu's, or the CUDA plugin's.
+      **{'libtpu' if acc.platform == 'tpu' else 'jax_cuda12_pjrt': _compiler_version(acc)},
       batch=dict(global_batch=config.batch_size,
                  per_device=config.batch_size // acc.num_devices,
                  per_example={k: dict(shape=list(s), dtype=np.dtype(d).name)
@@ -613,10 +794,7 @@ def check(config, acc, *, config_name='', per_device_batch=None, find_max=False,
       params_bytes=first.params_bytes,
       step=analyse(first, acc, available=available,
                    prefetch=int(config.data.get('prefetch_to_device', 2))),
-      estimates=('memory: the TPU compiler\'s buffer assignment for one device; '
-                 'flops: XLA\'s cost analysis of the optimised per-device HLO; '
-                 'step_seconds_at_peak: FLOPs / the chip\'s peak bf16 rate (a lower '
-                 'bound, not a timing). Nothing here ran on a TPU.'))
+      estimates=ESTIMATES[acc.platform])
   if find_max:
     log('finding the largest per-device batch that fits ...')
     report['max_batch'] = find_max_batch(config, acc, first, available=available,
@@ -625,10 +803,26 @@ def check(config, acc, *, config_name='', per_device_batch=None, find_max=False,
   return report
 
 
-def _libtpu_version():
+ESTIMATES = {
+    'tpu': ('memory: the TPU compiler\'s buffer assignment for one device; '
+            'flops: XLA\'s cost analysis of the optimised per-device HLO; '
+            'step_seconds_at_peak: FLOPs / the chip\'s peak bf16 rate (a lower '
+            'bound, not a timing). Nothing here ran on a TPU.'),
+    'cuda': ('memory: the GPU compiler\'s buffer assignment for one device (kernels '
+             'not autotuned: no GPU to time them), against the share of device memory '
+             'JAX\'s GPU client allocates (XLA_PYTHON_CLIENT_MEM_FRACTION); the '
+             'compiler itself does not refuse a program that does not fit; '
+             'flops: see step.flops.source; step_seconds_at_peak: FLOPs / the GPU\'s '
+             'dense bf16 tensor core rate (a lower bound, not a timing). Nothing here '
+             'ran on a GPU.'),
+}
+
+
+def _compiler_version(acc):
+  """The installed version of acc's compiler package (libtpu, jax-cuda12-pjrt)."""
   try:
     from importlib import metadata  # pylint: disable=g-import-not-at-top
-    return metadata.version('libtpu')
+    return metadata.version({'tpu': 'libtpu', 'cuda': 'jax-cuda12-pjrt'}[acc.platform])
   except Exception:  # pylint: disable=broad-except
     return None
 
@@ -640,8 +834,10 @@ def _gib(b):
 def format_report(rep):
   """The report as the lines printed."""
   acc, step = rep['accelerator'], rep['step']
+  gpu = acc.get('platform') == 'cuda'
   lines = [f'{rep["config"] or rep["name"]} on {acc["name"]} ({acc["topology"]}, '
-           f'{acc["chip_config"]}; {acc["num_devices"]} devices on {acc["num_hosts"]} '
+           + (f'{acc["target_config"]}' if gpu else f'{acc["chip_config"]}')
+           + f'; {acc["num_devices"]} devices on {acc["num_hosts"]} '
            f'hosts), {rep["compute_dtype"]}',
            f'  batch: global {rep["batch"]["global_batch"]}, per device '
            f'{rep["batch"]["per_device"]}; compiled in {step["compile_seconds"]:.0f} s']
@@ -654,17 +850,25 @@ def format_report(rep):
     lines += [
         f'  HBM per device (compiler estimate): peak {_gib(mem["peak_bytes"])} of '
         f'{_gib(mem["available_bytes"])} available ({100 * mem["fraction"]:.0f}%): '
-        + ('fits' if mem['fits'] else 'DOES NOT FIT'),
+        + ('DOES NOT FIT' if not mem['fits'] else
+           f'fits, but within {100 * (1 - TIGHT):.0f}% of the limit: choose a larger slice'
+           if mem.get('tight') else 'fits'),
+        *([f'    available = {mem["allowed_fraction"]:.2f} x the device\'s '
+           f'{_gib(mem["device_memory_bytes"])} (XLA_PYTHON_CLIENT_MEM_FRACTION): the GPU '
+           f'compiler\'s peak estimate against what JAX\'s GPU client allocates'] if gpu else []),
         f'    arguments {_gib(mem["arguments_bytes"])} (state + batch), outputs '
         f'{_gib(mem["outputs_bytes"])}, aliased {_gib(mem["aliased_bytes"])} (donated '
         f'state), temporaries {_gib(mem["temporaries_bytes"])}, code '
         f'{_gib(mem["code_bytes"])}; prefetched batches +{_gib(mem["prefetched_batches_bytes"])}']
     f = step['flops']
     lines += [
-        f'  FLOPs (XLA cost analysis): {f["per_device_step"] / 1e12:.2f} TFLOP per device '
+        f'  FLOPs ({"XLA cost analysis" if not gpu else "the step for one CPU"}): '
+        f'{f["per_device_step"] / 1e12:.2f} TFLOP per device '
         f'step, {f["per_example"] / 1e9:.1f} GFLOP per example; analytic encoder passes '
         f'{f["analytic_encoder_per_example"] / 1e9:.1f} GFLOP (x{f["compiled_over_analytic"]:.2f});'
         f' at the chip\'s peak a step takes >= {1e3 * f["step_seconds_at_peak"]:.0f} ms']
+    if gpu:
+      lines.append(f'    FLOPs from {f["source"]} ({f["source_seconds"]:.0f} s)')
     col = step['collectives']
     lines.append(f'  collectives (per device step; parameters {_gib(col["params_bytes"])}):')
     for op, e in sorted(col['by_op'].items()):
@@ -685,7 +889,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file and preset, e.g. configs/detcon_b.py:imagenet.',
     lock_config=True)
 _ACCELERATOR = flags.DEFINE_string(
-    'accelerator', None, f'TPU slice, as Cloud TPU names it: {", ".join(EXAMPLES)}.')
+    'accelerator', None, f'TPU slice, as Cloud TPU names it: {", ".join(EXAMPLES)}; '
+    f'or NVIDIA GPUs: {", ".join(GPU_EXAMPLES)}.')
 _PER_DEVICE_BATCH = flags.DEFINE_integer(
     'per_device_batch', None, 'Compile at this per-device batch (default: '
     'config.batch_size / devices).')
@@ -719,7 +924,7 @@ def main(argv):
   config_arg = _config_arg(sys.argv)
   try:
     acc = accelerator(_ACCELERATOR.value)
-    require_libtpu()
+    require_compiler(acc)
     report = check(_CONFIG.value, acc, config_name=config_arg,
                    per_device_batch=_PER_DEVICE_BATCH.value, find_max=_FIND_MAX.value,
                    granularity=_GRANULARITY.value, max_probes=_MAX_PROBES.value,

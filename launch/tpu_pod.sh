@@ -8,7 +8,9 @@
 #
 # Required: TPU_NAME, ZONE, WORKDIR, MASKS (gs:// paths: every worker reads the
 # mask shards and writes checkpoints there). Optional: PROJECT (gcloud default),
-# ACCELERATOR_TYPE (v4-32), RUNTIME_VERSION (tpu-ubuntu2204-base), CONFIG
+# ACCELERATOR_TYPE (v4-32: fits DetCon-B, BYOL, SimCLR, LC-loss at batch 4096;
+# each config's slice is in benchmarks/results/tpu_compile.md, e.g. DetCon-S
+# v4-64), RUNTIME_VERSION (tpu-ubuntu2204-base), CONFIG
 # (configs/detcon_b.py:imagenet), REPO_URL (git URL of this repository; default:
 # the origin of this checkout), REPO_REF (default: this checkout's commit),
 # STEPS=check,create,install,train (any subset), DRY_RUN=1 (print, run nothing).
