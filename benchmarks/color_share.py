@@ -1,4 +1,4 @@
-r"""The device-side colour recipe's share of the training step (issue 12).
+r"""The device-side colour recipe's share of the training step.
 
   python -m benchmarks.color_share                       # DetCon-B, demo size, CPU
   python -m benchmarks.color_share --depth=50 --image_size=224 --batch_size=256 \

@@ -3,7 +3,7 @@ r"""What the frozen-feature probe can see: a supervised encoder through the same
   python -m benchmarks.probe_ceiling --data_dir=DIR --eval_data_dir=DIR_VAL \
       [--depth=18 --image_size=128 --steps=0,250,1000 --batch_size=32]
 
-A diagnostic for the dense probe (dense_ssl/evaluate.py, issue 14): when an
+A diagnostic for the dense probe (dense_ssl/evaluate.py): when an
 SSL checkpoint scores no better than a random-init encoder, is the probe
 unable to read class information from C4 at this size and budget, or did the
 pretraining not put it there? This script answers the first half. It trains

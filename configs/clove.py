@@ -1,6 +1,6 @@
 r"""CLoVE (Silva et al.): contextualised local embeddings, with multi-crop.
 
-imagenet preset = the paper's setting (Sec. 6; NOTES.md): ResNet-50, batch
+imagenet preset = the paper's setting (Sec. 6; FACTS.md §8): ResNet-50, batch
 2048, LARS base LR 1.0 x batch/256, WD 2e-5, cosine, 5 warmup epochs, EMA
 0.99 -> 1 (cosine), 400 epochs (--config.total_epochs=200 for the shorter
 schedule), BYOL's views; projector 1x1 2048 -> 4096 -> 256 + BN without

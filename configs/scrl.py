@@ -4,7 +4,7 @@ Presets:
   imagenet | paper  SCRL's 1000-epoch ImageNet run: ResNet-50, 224 px, batch
       8192, LARS base LR 0.2 x batch/256, WD 1.5e-6, EMA base 0.996, 10
       warmup epochs, crop area [0.2, 1] (the official code's 1000-epoch config,
-      NOTES.md; the paper's Sec. 3.3 text gives LR 0.45 and tau 0.97 for its
+      FACTS.md §5; the paper's Sec. 3.3 text gives LR 0.45 and tau 0.97 for its
       1000-epoch run, which are the code's 200-epoch values).
   paper200  the code's 200-epoch config: LR 0.45 x batch/256, WD 1e-6, EMA
       base 0.97, otherwise as imagenet.

@@ -11,7 +11,8 @@ view has v = ((r + .5) / S, (c + .5) / S); if flip, v_x <- 1 - v_x; then
 y = y0 + v_y (y1 - y0), x = x0 + v_x (x1 - x0). Resizing with half-pixel
 centres (tf.image.resize) makes this exact for the image and the label map.
 
-Colour recipe (BYOL, Grill et al. 2020, Table 6; NOTES.md "Input pipeline"):
+Colour recipe (BYOL, Grill et al. 2020, Table 6; FACTS.md §4 "Views and BYOL's
+colour recipe"):
 jitter with p=0.8 (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1, in
 random order, clipped to [0, 1] after each), grayscale p=0.2, Gaussian blur
 (sigma ~ U[0.1, 2], kernel ~10% of the view size) and solarize (threshold 0.5)

@@ -9,7 +9,7 @@ image and its label map, a flip shared by both, bicubic (image) / nearest
 (labels) resize, and, with data.color_on='host', BYOL's colour recipe
 (augment.py). With data.color_on='device' (every config in configs/) the
 host does no colour: views leave it as uint8 and the training step applies
-the recipe on the device (dense_ssl/ops/color.py, issue 12). The image is
+the recipe on the device (dense_ssl/ops/color.py). The image is
 decoded once per record (parse_and_decode) and every view crops it; the
 labels' nearest resize is a pair of index gathers (exactly tf.image.resize's
 nearest, several times cheaper) in the mask's dtype. What remains per

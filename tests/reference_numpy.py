@@ -1,6 +1,6 @@
 """Independent float64 numpy references for the pure math of dense_ssl.
 
-Written from the DetCon paper (Sec. 3.1) and NOTES.md, deliberately in the
+Written from the DetCon paper (Sec. 3.1) and FACTS.md §6, deliberately in the
 slow, literal form (one-hot + average-pool + argmax; explicit loops over ROIs)
 so that they share no vectorisation with the JAX code they check.
 """
@@ -86,7 +86,7 @@ def _detcon_one_direction(pa, ta, tb, ids_a, ids_b, temperature,
 
 def detcon_loss_ref(pred1, pred2, target1, target2, ids1, ids2,
                     temperature=0.1, local_negatives=True):
-  """DetCon loss (NOTES.md): loss(1 -> 2) + loss(2 -> 1), float64.
+  """DetCon loss (FACTS.md §6): loss(1 -> 2) + loss(2 -> 1), float64.
 
   Returns (loss, mean positives per ROI over both directions).
   """

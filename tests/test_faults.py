@@ -1,5 +1,5 @@
-"""Issue 13 (reliability), trainer and converter side: what a user's mistake or a
-damaged workdir leads to.
+"""Faults on the trainer and converter side: what a user's mistake or a damaged
+workdir leads to.
 
   * bad config values are refused before anything starts, all at once, one
     line per problem naming the full key (config_check + objective hooks);
@@ -60,7 +60,7 @@ def fh_data_dir(tmp_path_factory):
   return out
 
 
-# ----------------------------------------------------- item 2: validation ---
+# ------------------------------------------------------------- validation ---
 
 def test_every_shipped_config_and_preset_is_valid():
   import importlib  # pylint: disable=g-import-not-at-top
@@ -135,7 +135,7 @@ def test_objective_hooks_and_data_requirements(data_dir):
   assert len(found) == 2
 
 
-# ----------------------------------------- item 5: a failed start, corrected ---
+# ------------------------------------------------- a failed start, corrected ---
 
 def test_a_failed_start_leaves_a_workdir_a_corrected_run_accepts(data_dir, tmp_path,
                                                                  monkeypatch):
@@ -160,7 +160,7 @@ def test_a_failed_start_leaves_a_workdir_a_corrected_run_accepts(data_dir, tmp_p
     train.train_and_evaluate(make_config('simclr', data_dir, total_steps=2), workdir)
 
 
-# ------------------------------------- item 4: a damaged latest checkpoint ---
+# --------------------------------------------- a damaged latest checkpoint ---
 
 # The tests that read three_steps run on one pytest-xdist worker (launch/test.sh:
 # --dist loadgroup): each worker would otherwise train its own.
@@ -270,7 +270,7 @@ def test_converter_skips_a_damaged_latest_checkpoint_in_one_line(three_steps, tm
   assert os.path.isdir(os.path.join(workdir, 'checkpoints', '3'))  # Read-only tool.
 
 
-# ------------------------------------------------- item 9: the main command ---
+# --------------------------------------------------------- the main command ---
 
 def main_cli(*args):
   return subprocess.run([sys.executable, '-m', 'dense_ssl.main', *args], cwd=REPO,

@@ -296,7 +296,7 @@ def test_errors(fh_dir, tmp_path):
 
 
 def test_device_colour_ships_uint8_views_equal_to_the_host_resize(coord_dir):
-  """data.color_on='device': no colour on the host, uint8 views (issue 12)."""
+  """data.color_on='device': no colour on the host, uint8 views."""
   kw = dict(global_batch_size=8, seed=3)
   host = take(ip.make_pretrain_dataset(config(coord_dir), **kw), 1)[0]
   dev = take(ip.make_pretrain_dataset(config(coord_dir, color_on='device'), **kw), 1)[0]

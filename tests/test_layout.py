@@ -4,6 +4,7 @@ documentation that names only files that exist."""
 import ast
 import os
 import re
+import subprocess
 
 import pytest
 
@@ -110,7 +111,7 @@ _SKIP = ('benchmarks/results/', 'tests/test_x.py', 'configs/Base-RCNN-FPN.yaml',
 
 
 def _documents():
-  for top in ('README.md', 'WORKSPACE.md'):
+  for top in ('README.md', 'WORKSPACE.md', 'FACTS.md'):
     yield os.path.join(REPO, top)
   for pkg in PACKAGES + ('tests', 'launch'):
     for root, _, files in os.walk(os.path.join(REPO, pkg)):
@@ -143,6 +144,67 @@ def test_no_reference_to_a_missing_top_level_file(name):
   hits = [os.path.relpath(d, REPO) for d in _documents()
           if name in open(d).read() and not d.endswith('test_layout.py')]
   assert hits == []
+
+
+def _repository_files():
+  """Tracked files and new ones git does not ignore (a clone's contents)."""
+  try:
+    out = subprocess.run(['git', 'ls-files', '-z', '--cached', '--others', '--exclude-standard'],
+                         cwd=REPO, capture_output=True, check=True).stdout
+  except (OSError, subprocess.CalledProcessError):
+    pytest.skip('not a git checkout: the list of tracked files is unknown')
+  for rel in sorted(set(out.decode().split('\0')) - {''}):
+    path = os.path.join(REPO, rel)
+    if os.path.isfile(path) and not rel.startswith(('.venv/', '.git/')):
+      yield rel, path
+
+
+def _text(path):
+  with open(path, 'rb') as f:
+    data = f.read()
+  return None if b'\0' in data else data.decode('utf-8', 'replace')
+
+
+# What a clone lacks: the notes beside the checkout, and that folder itself.
+_OUTSIDE = re.compile(r'NOTES\.md|\.\./shared/|shared/NOTES')
+
+
+def test_nothing_cites_a_file_outside_the_repository():
+  """Facts the code relies on live in FACTS.md, not in ../shared/ (a clone
+  does not have it)."""
+  hits = []
+  for rel, path in _repository_files():
+    text = _text(path)
+    if text is None or rel == 'tests/test_layout.py':
+      continue
+    for n, line in enumerate(text.splitlines(), 1):
+      if _OUTSIDE.search(line):
+        hits.append(f'{rel}:{n}: {line.strip()}')
+  assert not hits, ('cite FACTS.md and its section instead:\n' + '\n'.join(hits))
+
+
+_FACTS_SECTION = re.compile(r'^## (\d+)\. (\S.*)$', re.M)
+# `FACTS.md §5`, `FACTS.md, section 9`, `FACTS.md §3 "The padding trap"`: a
+# quoted title, when it closes on the same line, must begin the section's.
+_FACTS_CITATION = re.compile(r'FACTS\.md,?\s*(?:§\s*|section\s+)(\d+)(?:,?\s*\(?"([^"\n]+)")?')
+
+
+def test_facts_sections_are_numbered_and_citations_name_one():
+  with open(os.path.join(REPO, 'FACTS.md'), encoding='utf-8') as f:
+    sections = _FACTS_SECTION.findall(f.read())
+  numbers = [int(n) for n, _ in sections]
+  assert numbers and numbers == list(range(1, len(numbers) + 1)), numbers
+  titles = {int(n): t for n, t in sections}
+  wrong = []
+  for rel, path in _repository_files():
+    text = _text(path)
+    if text is None:
+      continue
+    for m in _FACTS_CITATION.finditer(text):
+      num, title = int(m.group(1)), m.group(2)
+      if num not in titles or (title and not titles[num].startswith(title)):
+        wrong.append(f'{rel}: {m.group(0)!r} matches no section number and title of FACTS.md')
+  assert not wrong, '\n'.join(wrong)
 
 
 @pytest.mark.xdist_group('layout')

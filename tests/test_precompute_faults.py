@@ -1,4 +1,4 @@
-"""Faults of the mask precompute (issue 13), each from its reproduction.
+"""Faults of the mask precompute, each test a reproduction of one.
 
 A damaged shard is found by a re-run (size; checksum with --verify) and
 recomputed, and the training input pipeline names it with the repair command;
@@ -56,7 +56,7 @@ def iterator(out_dir):
                                    num_local_devices=1)
 
 
-# ------------------------------------------------------ 1. damaged shards ---
+# --------------------------------------------------------- damaged shards ---
 
 def test_damaged_shard_is_recomputed_and_named_by_the_input_pipeline(tmp_path, capsys):
   out = tmp_path / 'out'
@@ -121,7 +121,7 @@ def test_damaged_shard_is_recomputed_and_named_by_the_input_pipeline(tmp_path, c
   assert all(sidecar(out, f)['num_bytes'] == len(before[f]) for f in files)
 
 
-# ------------------------------------------------------- 2. folder inputs ---
+# ---------------------------------------------------------- folder inputs ---
 
 def test_images_sharing_a_user_mask_are_refused(tmp_path):
   src, masks = tmp_path / 'images', tmp_path / 'labels'
@@ -169,7 +169,7 @@ def test_folder_listing_follows_symlinks_and_counts_what_it_skips(tmp_path):
                                ' it (image ids are stored as UTF-8 text)')
 
 
-# ------------------------------------------------------ 3, 4. subprocesses ---
+# ------------------------------------------------------------ subprocesses ---
 
 class Job:
   """precompute_masks in a subprocess; stdout read by a thread, stderr to a file."""

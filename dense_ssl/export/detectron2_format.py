@@ -4,8 +4,8 @@ Detectron2 loads a pickle `{"model": {name: ndarray}, "__author__": ...,
 "matching_heuristics": True}`; with matching heuristics a checkpoint name
 matches every model parameter whose name ends with it, so `res2.0.conv1.weight`
 lands in `backbone.bottom_up.res2.0.conv1.weight` (FPN models) and
-`res5.*` in `roi_heads.res5.*` (C4 models). The renaming (NOTES.md,
-"Detectron2 conventions for converted backbones"):
+`res5.*` in `roi_heads.res5.*` (C4 models). The renaming (FACTS.md §9,
+"Detectron2 conventions"):
 
   conv1.weight                  -> stem.conv1.weight
   bn1.*                         -> stem.conv1.norm.*

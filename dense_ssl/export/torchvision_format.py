@@ -15,7 +15,7 @@ becomes torchvision's modules, the Flax module path renamed by
 `num_batches_tracked` only matters to torch BN with momentum=None; 0 is what a
 fresh torchvision model holds. A pretraining checkpoint has no classifier:
 `fc` is added zero-initialised (see `zero_fc`) so that a strict load works.
-The padding of both implementations is the same (symmetric, NOTES.md "The
+The padding of both implementations is the same (symmetric, FACTS.md §3 "The
 padding trap"), so the converted network computes the same function;
 dense_ssl/export/verify.py checks that numerically.
 

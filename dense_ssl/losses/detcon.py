@@ -1,6 +1,6 @@
 """The DetCon contrastive detection loss (Hénaff et al. 2021, Eqs. 1 and 3).
 
-Written from the paper and NOTES.md ("Mask pooling and the loss (DetCon-B)"):
+Written from the paper and FACTS.md §6 ("DetCon's mask pooling and loss"):
 latents are L2-normalised and divided by the temperature (norm 1/sqrt(tau)
 in the paper); a prediction of mask m in one view is classified against the
 targets of every mask of every image of the (global) batch in both views

@@ -4,7 +4,7 @@ For the valid window pairs (u_q^i, u_k^i) of an image,
   L^rs_q = -1/n sum_i log E+_ii / (E+_ii + sum_neg E_i,neg),
   E_i,x = exp(f(I_q, u_q^i) . f(I_k, x) / tau),
 with f the Precise-RoI-pooled, L2-normalised region feature. As in the
-official code (NOTES.md), the negatives are every stride-1 k x k average-
+official code (FACTS.md §7), the negatives are every stride-1 k x k average-
 pooled location of the key maps (k = window / feature stride = 3): all
 images of all devices on C4/P4, this device's images on P3.
 """

@@ -5,7 +5,7 @@ The backbone of DetCon-B/S, BYOL and SimCLR (He et al. 2016; DetCon Sec. 3.1
 
 Why not `padding='SAME'`: on stride-2 convolutions and the stem max-pool SAME
 pads bottom/right only, while torchvision pads symmetrically; weights trained
-one way compute a different function the other way (see NOTES.md, "The
+one way compute a different function the other way (FACTS.md §3, "The
 padding trap"). Every convolution here pads explicitly like torchvision
 (7x7/2 pad 3, 3x3 pad 1, 1x1 pad 0, max-pool 3x3/2 pad 1 with -inf), and the
 stride of a bottleneck sits on its 3x3 conv (torchvision v1.5, Detectron2

@@ -21,7 +21,7 @@ down-right of where it is, and mirrored in a flipped view, so the "same"
 box of a flipped and an unflipped view is pooled up to a cell apart
 (tests/test_scrl.py); False reproduces SCRL's code.
 
-Global term: SCRL's code trains with the box loss alone (NOTES.md); BYOL's
+Global term: SCRL's code trains with the box loss alone (FACTS.md §5); BYOL's
 global term is objectives.byol (its global vector then goes through the
 same projector and predictor pass as the boxes).
 

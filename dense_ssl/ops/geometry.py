@@ -291,7 +291,7 @@ def resim_windows(box_q, flip_q, box_k, flip_k, *, size_q: int, size_k: int,
   mapped through the original image into the key view, u_k (mirrored where
   the two flips differ). A pair is valid when u_k lies fully inside the key
   view (then u_q is inside the overlap of the views); the official code labels
-  the others -1 (NOTES.md). Defaults per stride: RESIM_WINDOWS
+  the others -1 (FACTS.md §7). Defaults per stride: RESIM_WINDOWS
   (48 px stride 32 on stride-16 maps, 32 px stride 24 on stride-8 maps).
 
   Args:

@@ -2,7 +2,7 @@
 
 DetCon Sec. 3.1: for a mask m, h_m = sum_ij m_ij h[i, j] / sum_ij m_ij, with
 the binary mask downsampled to the feature grid. As in the DetCon release
-(NOTES.md, "Mask pooling and the loss"), the downsampled mask is a hard
+(FACTS.md §6 "DetCon's mask pooling and loss"), the downsampled mask is a hard
 assignment: each cell belongs to the majority id of its stride x stride block
 (one-hot average-pool then argmax, ties to the smallest id). Here that mode is
 computed exactly without a one-hot over all ids (FH maps can have hundreds of

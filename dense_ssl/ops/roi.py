@@ -14,8 +14,8 @@ Coordinate conventions (shared with dense_ssl/ops/geometry.py):
     coordinate p maps to p * spatial_scale - 0.5, so a feature cell's centre in
     the image, (i + .5) * stride, lands on i (torchvision's aligned=True). This
     is the convention of geometry.cell_correspondence and of `bilinear_sample`.
-  * Precise RoI Pooling as published has no half-pixel offset (ReSim,
-    NOTES.md): `aligned=False` there by default.
+  * Precise RoI Pooling as ReSim's code uses it has no half-pixel offset
+    (FACTS.md §7 "ReSim's windows"): `aligned=False` there by default.
 """
 
 import jax
