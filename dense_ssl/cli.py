@@ -35,19 +35,30 @@ def _override_naming(key, argv):
   return None
 
 
-def config_flags_parser(prog, config_flag):
+def config_flags_parser(prog, config_flag, flag_values=None):
   """absl's flag parsing with config mistakes as one line (for app.run).
 
   ml_collections raises a bare AttributeError/KeyError for a misspelt
   --config.* key (a 46-line traceback); this names the key instead.
   config_flag: the FlagHolder of config_flags.DEFINE_config_file.
+  flag_values: the tool's own FlagValues (so that importing it defines
+  nothing on absl's global FLAGS, where another module's --out may be);
+  absl's own flags (logging) are then parsed from what is left.
   """
+  own = flag_values is not None and flag_values is not flags.FLAGS
 
   def parse_flags(argv):
     verbose = any(a in ('--verbose', '--verbose=true', '--verbose=True', '--verbose=1')
                   for a in argv)
     try:
-      rest = flags.FLAGS(argv)
+      if own:
+        rest = flag_values(argv, known_only=True)
+        if {'-h', '--help', '--helpshort', '--helpfull'} & set(rest[1:]):
+          print(flag_values.main_module_help())
+          sys.exit(0)
+        rest = flags.FLAGS(rest)
+      else:
+        rest = flags.FLAGS(argv)
       try:  # A config file that fails to load is only reported on first use.
         config_flag.value.get('name')
       except (OSError, AttributeError) as e:

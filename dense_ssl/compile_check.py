@@ -827,6 +827,14 @@ def _compiler_version(acc):
     return None
 
 
+def _arrays(names):
+  """'f32[4096,16,256]', or 'f32[64] + 3 more' / '+ more' for XLA's combined ops."""
+  if len(names) == 1:
+    return names[0]
+  more = 'more' if names[-1] == '...' else f'{len(names) - 1} more'
+  return f'{names[0]} + {more} (combined)'
+
+
 def _gib(b):
   return f'{b / GiB:.2f} GiB'
 
@@ -872,7 +880,7 @@ def format_report(rep):
     col = step['collectives']
     lines.append(f'  collectives (per device step; parameters {_gib(col["params_bytes"])}):')
     for op, e in sorted(col['by_op'].items()):
-      top = ', '.join(f'{_gib(x["bytes"])} {" ".join(x["arrays"][:2])}' for x in e['largest'][:2])
+      top = ', '.join(f'{_gib(x["bytes"])} {_arrays(x["arrays"])}' for x in e['largest'][:2])
       lines.append(f'    {op}: {e["count"]} ops, {_gib(e["bytes"])} (largest: {top})')
   mb = rep.get('max_batch')
   if mb:
@@ -885,25 +893,33 @@ def format_report(rep):
 
 # ------------------------------------------------------------------ CLI ---
 
+# Its own FlagValues: tests and scripts import this module beside others
+# (dense_ssl.convert) that define --out on absl's global FLAGS.
+FLAGS = flags.FlagValues()
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file and preset, e.g. configs/detcon_b.py:imagenet.',
-    lock_config=True)
+    lock_config=True, flag_values=FLAGS)
 _ACCELERATOR = flags.DEFINE_string(
-    'accelerator', None, f'TPU slice, as Cloud TPU names it: {", ".join(EXAMPLES)}; '
-    f'or NVIDIA GPUs: {", ".join(GPU_EXAMPLES)}.')
+    'accelerator', None, f'TPU slice, as Cloud TPU names it ({", ".join(EXAMPLES)}), '
+    f'or NVIDIA GPUs ({", ".join(GPU_EXAMPLES)}).', flag_values=FLAGS)
 _PER_DEVICE_BATCH = flags.DEFINE_integer(
     'per_device_batch', None, 'Compile at this per-device batch (default: '
-    'config.batch_size / devices).')
+    'config.batch_size / devices).', flag_values=FLAGS)
 _FIND_MAX = flags.DEFINE_bool('find_max_batch', False,
-                              'Also find the largest per-device batch that fits.')
+                              'Also find the largest per-device batch that fits.',
+                              flag_values=FLAGS)
 _GRANULARITY = flags.DEFINE_integer('batch_granularity', 8,
-                                    '--find_max_batch: per-device batches step by this.')
+                                    '--find_max_batch: per-device batches step by this.',
+                                    flag_values=FLAGS)
 _MAX_PROBES = flags.DEFINE_integer('max_probes', 8,
-                                   '--find_max_batch: at most this many compiles.')
+                                   '--find_max_batch: at most this many compiles.',
+                                   flag_values=FLAGS)
 _OUT = flags.DEFINE_string('out', '', 'Write the JSON report here (default: '
-                           'out/compile_check/<config>_<preset>_<accelerator>.json).')
-_VERBOSE = flags.DEFINE_bool('verbose', False, 'Tracebacks of user errors too.')
-flags.mark_flags_as_required(['config', 'accelerator'])
+                           'out/compile_check/<config>_<preset>_<accelerator>.json).',
+                           flag_values=FLAGS)
+_VERBOSE = flags.DEFINE_bool('verbose', False, 'Tracebacks of user errors too.',
+                             flag_values=FLAGS)
+flags.mark_flags_as_required(['config', 'accelerator'], flag_values=FLAGS)
 
 
 def _config_arg(argv):
@@ -946,4 +962,4 @@ def main(argv):
 
 if __name__ == '__main__':
   logging.set_verbosity(logging.WARNING)
-  app.run(main, flags_parser=cli.config_flags_parser(PROG, _CONFIG))
+  app.run(main, flags_parser=cli.config_flags_parser(PROG, _CONFIG, FLAGS))
