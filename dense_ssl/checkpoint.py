@@ -84,11 +84,16 @@ def _is_read_failure_echo(text):
 
 
 class _AsyncioEchoFilter(py_logging.Filter):
-  """Drops asyncio's 'Future exception was never retrieved' for failed array reads."""
+  """Drops asyncio's 'Future/Task exception was never retrieved' for failed array reads.
+
+  A read abandoned while it was still a bare future is reported as a Future;
+  one already wrapped in a task (more often on a loaded machine) as a Task.
+  """
 
   def filter(self, record):
     message = record.getMessage()
-    return not (message.startswith('Future exception was never retrieved')
+    return not (message.startswith(('Future exception was never retrieved',
+                                    'Task exception was never retrieved'))
                 and _is_read_failure_echo(message))
 
 
