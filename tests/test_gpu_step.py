@@ -120,15 +120,17 @@ def test_flops_come_from_the_cpu_lowering_where_the_device_has_no_count(monkeypa
 
 
 def test_one_cpu_run_writes_the_table_and_the_device_description(tmp_path):
+  # One method: the alternation of rounds is the same code for one or two,
+  # and each method adds three step compiles to the suite.
   out = str(tmp_path / 'gpu_step.md')
-  rows = gpu_step.run(methods=('detcon_b', 'byol'), preset='test', batch_sizes=['2'],
+  rows = gpu_step.run(methods=('detcon_b',), preset='test', batch_sizes=['2'],
                       steps=2, warmup=1, out=out, log=lambda s: None)
 
   text = open(out).read()
   assert '| method | per-device batch | step ms |' in text
   device = json.load(open(tmp_path / 'gpu_target.json'))
   assert device['device_kind'] and device['jax'] and device['jaxlib']
-  assert [r['method'] for r in rows] == ['detcon_b', 'byol']
+  assert [r['method'] for r in rows] == ['detcon_b']
   for r in rows:
     assert f'| {r["method"]} | 2 |' in text
     assert r['per_device'] == 2 and not r['errors']
