@@ -59,7 +59,8 @@ ROWS = {
     'resim_fpn': ('configs/resim.py:imagenet', ('--config.objectives.resim.variant=fpn',),
                   'v4-16', '256 = 8 V100 x 32 (ReSim-FPN)'),
 }
-PAPER_RATIOS = {('detcon_b', 'byol'): 0.116, ('detcon_s', 'simclr'): 0.053}
+PAPER_RATIOS = {('detcon_b', 'byol'): 0.116, ('detcon_s', 'simclr'): 0.053,
+                ('detcon_s_local_negatives', 'simclr'): 0.053}
 
 _ROWS = flags.DEFINE_list('rows', list(ROWS), 'Rows to compile (default: all).')
 _JOBS = flags.DEFINE_integer('jobs', 2, 'Compiles at a time (each mostly one core).')
@@ -177,7 +178,10 @@ def render(rows):
                    f'| +{100 * paper:.1f}% |')
     else:
       lines.append(f'| {a} / {b} | not compiled yet | | +{100 * paper:.1f}% |')
-  lines += ['', common.machine_line(), '']
+  lines += ['', 'Where the compiled ratios come from (the heads on 16 mask vectors, the '
+            'similarity matrices over the gathered negatives, and why DetCon-S differs '
+            'from the paper): WORKSPACE.md section 5, "Will it fit?".',
+            '', common.machine_line(), '']
   common.write_table('\n'.join(lines), _OUT.value)
 
 
