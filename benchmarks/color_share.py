@@ -55,9 +55,7 @@ def main(argv):
     y0, x0 = r.uniform(0, 1 - side), r.uniform(0, 1 - side)
     u8[f'{v}/box'] = np.stack([y0, x0, y0 + side, x0 + side], -1).astype(np.float32)
     u8[f'{v}/flip'] = r.integers(0, 2, (d, b // d)).astype(np.int32)
-  f32 = dict(u8)
-  for v in ('view1', 'view2'):   # Already "coloured" and normalised: passed through.
-    f32[f'{v}/image'] = (u8[f'{v}/image'].astype(np.float32) / 255 - 0.45) / 0.225
+  f32 = common.precolored(u8)   # Already "coloured" and normalised: passed through.
   method = method_lib.Method(c)
   schedule = optim.learning_rate_schedule(c, 1000, 10)
   tx = optim.make_optimizer(c, schedule)

@@ -237,18 +237,6 @@ def apply_overrides(config, overrides):
   return config
 
 
-def masks_dtype(config):
-  """The mask dtype the pipeline ships without a dataset at hand.
-
-  As dense_ssl/compile_check.py assumes: FH maps of ImageNet-size images
-  hold more than 255 segments (uint16); grids know their own.
-  """
-  tf = tf_setup.hide_accelerators()
-  if config.data.mask == 'grid':
-    return input_pipeline.mask_dtype({}, config.data)
-  return tf.uint16
-
-
 def synthetic_batch(spec, num_devices, per_device, seed=0):
   """A [num_devices, per_device, ...] numpy batch with example_spec's shapes and dtypes."""
   r = np.random.default_rng(seed)
@@ -267,12 +255,6 @@ def synthetic_batch(spec, num_devices, per_device, seed=0):
     else:                       # flips, and anything else a view carries: zeros.
       out[k] = np.zeros(lead + shape, dtype)
   return out
-
-
-def precolored(batch):
-  """The batch with float views already normalised: the step's colour recipe passes them."""
-  return {k: (v.astype(np.float32) / 255 - 0.45) / 0.225 if k.endswith('/image') else v
-          for k, v in batch.items()}
 
 
 @dataclasses.dataclass
@@ -300,7 +282,7 @@ def make_bench(name, preset, overrides, mesh):
   """The method's config and a real initialised state (kept on the host)."""
   config = apply_overrides(importlib.import_module(f'configs.{name}').get_config(preset),
                            overrides)
-  spec = input_pipeline.example_spec(config.data, masks_dtype(config))
+  spec = input_pipeline.example_spec(config.data, input_pipeline.shipped_mask_dtype(config.data)[0])
   method = method_lib.Method(config)
   # The program does not depend on the schedules (they are step inputs).
   tx = optim.make_optimizer(config, optim.learning_rate_schedule(config, 1000, 10))
@@ -365,7 +347,7 @@ def prepare_variant(bench, per_device, variant):
   trial = Trial(per_device, fits=False)
   local = synthetic_batch(bench.spec, len(bench.mesh.local_devices), per_device)
   if variant == 'float':
-    local = precolored(local)
+    local = common.precolored(local)
   try:
     compiled = lower_step(bench, per_device, variant).compile()
     trial.peak_bytes, trial.state_bytes = _memory(

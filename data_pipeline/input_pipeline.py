@@ -420,6 +420,23 @@ def mask_dtype(manifest, data_config):
   return tf.uint16 if n <= 65536 else tf.int32
 
 
+def shipped_mask_dtype(data_config):
+  """(mask dtype, where it came from) of the views, without reading any record.
+
+  The manifest at data.dir decides (mask_dtype) when it can be read; a grid
+  knows its own; else uint16 is assumed: FH maps of ImageNet-size images
+  hold more than 255 segments. For the tools that build a batch's shapes
+  without the dataset (the compile check, the GPU benchmark).
+  """
+  try:
+    return mask_dtype(read_manifest(_get(data_config, 'dir', '')), data_config), \
+        'the manifest at config.data.dir'
+  except Exception:  # pylint: disable=broad-except  # Absent, unreadable, remote.
+    if _get(data_config, 'mask', 'fh') == 'grid':
+      return mask_dtype({}, data_config), 'data.grid_size'
+    return tf.uint16, 'assumed: no readable manifest at config.data.dir'
+
+
 def make_views_fn(data_config, mask_names, masks_dtype=tf.int32):
   """Returns fn(example_seed, serialized) -> flat dict of all views."""
   specs = view_config.view_specs(data_config)

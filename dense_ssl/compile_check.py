@@ -75,9 +75,9 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # Several compile checks may run at once (the benchmark, the tests): libtpu
 # otherwise takes a machine-wide lock (/tmp/libtpu_lockfile) meant for the
 # one process that owns a TPU.
-for _k, _v in (('ALLOW_MULTIPLE_LIBTPU_LOAD', '1'), ('TPU_SKIP_MDS_QUERY', '1'), ('TPU_ACCELERATOR_TYPE', 'v4-8'),
-               ('TPU_WORKER_HOSTNAMES', 'localhost'), ('TPU_WORKER_ID', '0'),
-               ('TF_CPP_MIN_LOG_LEVEL', '2')):
+for _k, _v in (('ALLOW_MULTIPLE_LIBTPU_LOAD', '1'), ('TPU_SKIP_MDS_QUERY', '1'),
+               ('TPU_ACCELERATOR_TYPE', 'v4-8'), ('TPU_WORKER_HOSTNAMES', 'localhost'),
+               ('TPU_WORKER_ID', '0'), ('TF_CPP_MIN_LOG_LEVEL', '2')):
   os.environ.setdefault(_k, _v)
 
 from absl import app  # pylint: disable=g-import-not-at-top
@@ -420,20 +420,6 @@ def batch_problems(config, acc):
   return config_check.problems(config, num_devices=acc.num_devices, check_data=False)
 
 
-def masks_dtype_of(config):
-  """The mask dtype the pipeline would ship: from the dataset's manifest if readable."""
-  from data_pipeline import input_pipeline  # pylint: disable=g-import-not-at-top
-  tf = tf_setup.hide_accelerators()
-  try:
-    manifest = input_pipeline.read_manifest(config.data.dir)
-    return input_pipeline.mask_dtype(manifest, config.data), 'the manifest at config.data.dir'
-  except Exception:  # pylint: disable=broad-except
-    if config.data.mask == 'grid':
-      return input_pipeline.mask_dtype({}, config.data), 'data.grid_size'
-    # FH maps of ImageNet-size images hold more than 255 segments.
-    return tf.uint16, 'assumed (no manifest at config.data.dir)'
-
-
 @dataclasses.dataclass
 class Compiled:
   """One compile of the step: the executable, or the compiler's refusal."""
@@ -448,11 +434,11 @@ class Compiled:
   masks_dtype: object = None
 
 
-def compile_step(config, acc, *, masks_dtype=None, devices=None, lower_only=False):
+def compile_step(config, acc, *, masks_dtype=None, devices=None):
   """Compiles the trainer's step for the slice at config.batch_size; -> Compiled.
 
   devices: compile for these instead of acc's (one CPU: the FLOPs of a GPU
-  step). lower_only: Compiled.compiled is the jax Lowered, not compiled.
+  step).
   """
   import jax  # pylint: disable=g-import-not-at-top
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top,g-multiple-import
@@ -475,7 +461,7 @@ def compile_step(config, acc, *, masks_dtype=None, devices=None, lower_only=Fals
   tx = optim.make_optimizer(config, schedule)
   hyper = optim.step_hyperparameters(config, total_steps, warmup_steps)(0)
   if masks_dtype is None:
-    masks_dtype, _ = masks_dtype_of(config)
+    masks_dtype, _ = input_pipeline.shipped_mask_dtype(config.data)
   spec = input_pipeline.example_spec(config.data, masks_dtype)
 
   repl, split = NamedSharding(mesh, P()), NamedSharding(mesh, P(AXIS))
@@ -495,8 +481,7 @@ def compile_step(config, acc, *, masks_dtype=None, devices=None, lower_only=Fals
                                    for s, d in spec.values()))
   t0 = time.perf_counter()
   try:
-    lowered = step.lower(state, batch, hyper)
-    result.compiled = lowered if lower_only else _compile(lowered)
+    result.compiled = _compile(step.lower(state, batch, hyper))
   except OutOfMemory as e:
     result.oom = e
   result.seconds = time.perf_counter() - t0
@@ -583,13 +568,6 @@ def encoder_flops_per_example(config, method):
   return total
 
 
-# How the FLOPs of a compiler without a cost analysis (the GPU's) are
-# counted: 'compiled', XLA's CPU cost analysis of the optimised one-CPU
-# step; 'lowered', of its HLO before optimisation (no CPU compile: the same
-# convolutions and dots, a few more elementwise ops).
-CPU_FLOPS_FROM = 'compiled'
-
-
 def cpu_cost(result, acc):
   """(cost analysis, seconds, source) of result's per-device step compiled for one CPU.
 
@@ -601,14 +579,12 @@ def cpu_cost(result, acc):
   import jax  # pylint: disable=g-import-not-at-top
   config = result.method.config.copy_and_resolve_references()
   config.batch_size = result.per_device_batch
-  lower_only = CPU_FLOPS_FROM == 'lowered'
   cpu = compile_step(config, acc, masks_dtype=result.masks_dtype,
-                     devices=jax.devices('cpu')[:1], lower_only=lower_only)
+                     devices=jax.devices('cpu')[:1])
   cost = cpu.compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  source = ('XLA\'s CPU cost analysis of the same per-device step ' +
-            ('lowered (before optimisation)' if lower_only else 'compiled') +
-            f' for one CPU device ({acc.platform} has none)')
+  source = ('XLA\'s CPU cost analysis of the same per-device step compiled for one '
+            f'CPU device ({acc.platform} has none)')
   return cost, cpu.seconds, source
 
 
@@ -775,7 +751,9 @@ def check(config, acc, *, config_name='', per_device_batch=None, find_max=False,
   if problems:
     raise CompileCheckError('the config does not run on this slice:\n  '
                             + '\n  '.join(problems))
-  masks_dtype, masks_from = masks_dtype_of(config)
+  from data_pipeline import input_pipeline  # pylint: disable=g-import-not-at-top
+  tf_setup.hide_accelerators()
+  masks_dtype, masks_from = input_pipeline.shipped_mask_dtype(config.data)
   available = available_hbm(acc)
   log(f'compiling {config_name or config.name} for {acc.name} ({acc.topology}, '
       f'{acc.num_devices} devices, {acc.num_hosts} hosts): per-device batch '
@@ -835,6 +813,11 @@ def _arrays(names):
   return f'{names[0]} + {more} (combined)'
 
 
+def _mask_dtype(rep):
+  return next((v['dtype'] for k, v in rep['batch']['per_example'].items()
+               if k.endswith('/mask')), 'none')
+
+
 def _gib(b):
   return f'{b / GiB:.2f} GiB'
 
@@ -848,7 +831,8 @@ def format_report(rep):
            + f'; {acc["num_devices"]} devices on {acc["num_hosts"]} '
            f'hosts), {rep["compute_dtype"]}',
            f'  batch: global {rep["batch"]["global_batch"]}, per device '
-           f'{rep["batch"]["per_device"]}; compiled in {step["compile_seconds"]:.0f} s']
+           f'{rep["batch"]["per_device"]}; masks {_mask_dtype(rep)} '
+           f'({rep["batch"]["mask_dtype_from"]}); compiled in {step["compile_seconds"]:.0f} s']
   mem = step['memory']
   if not mem['fits'] and 'required_temporaries_bytes' in mem:
     lines.append(f'  DOES NOT FIT: the compiler needs {_gib(mem["required_temporaries_bytes"])}'
@@ -951,9 +935,13 @@ def main(argv):
     cli.fail(PROG, str(e))
   print(format_report(report))
   out = _OUT.value or default_out(config_arg, acc.name)
-  os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
-  with open(out, 'w') as f:
-    json.dump(report, f, indent=1, default=str)
+  try:
+    os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
+    with open(out, 'w') as f:
+      json.dump(report, f, indent=1, default=str)
+  except OSError as e:   # The report is printed above: nothing is lost.
+    cli.fail(PROG, f'--out={out}: cannot write the JSON report ({e.strerror or e}); '
+             'the report is printed above')
   print(f'report: {out}')
   mem = report['step']['memory']
   if not mem['fits']:
