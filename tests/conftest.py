@@ -65,6 +65,16 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope='session')
+def data_dir(tmp_path_factory):
+  """The trainer tests' dataset: 16 images of 80 px with blocky GT masks
+  (tests/mask_records.py), in 4 shards; read-only, one per pytest worker."""
+  from tests import mask_records  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path_factory.mktemp('blocky_masks'))
+  mask_records.write_blocky_dataset(out, num_examples=16, size=80, num_shards=4)
+  return out
+
+
+@pytest.fixture(scope='session')
 def trained_run(tmp_path_factory):
   """A real 2-step DetCon-B run (tests/trained_run.py), trained once per session.
 

@@ -40,14 +40,6 @@ def user_lines(stderr):
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  """16 tiny images with blocky GT masks, in 4 shards."""
-  out = str(tmp_path_factory.mktemp('masks'))
-  mask_records.write_blocky_dataset(out, num_examples=16, size=80, num_shards=4)
-  return out
-
-
-@pytest.fixture(scope='module')
 def fh_data_dir(tmp_path_factory):
   """4 images with one FH map, at scale 500 only."""
   out = str(tmp_path_factory.mktemp('fh_masks'))
@@ -287,6 +279,7 @@ def test_main_config_typo_is_one_line(tmp_path):
       'dense_ssl.main: ERROR: --config.objectives.detcon.temprature: '
       'config.objectives.detcon.temprature is not a config key (did you mean '
       "'temperature'?); see the config file for the keys there are."]
+  assert not os.path.exists(tmp_path / 'checkpoints')   # Refused before anything.
   # --verbose keeps the traceback for whoever wants it.
   run = main_cli('--config=configs/detcon_b.py:test', f'--workdir={tmp_path}',
                  '--config.objectives.detcon.temprature=0.2', '--verbose')

@@ -5,10 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import lc_byol as lc_config
-from dense_ssl import train
 from dense_ssl.losses import lc as lc_losses
 from dense_ssl.ops import geometry
-from tests import mask_records
 
 
 def test_loss_low_at_true_correspondence_high_when_shuffled():
@@ -54,17 +52,8 @@ def test_out_of_view_pairs_are_dropped():
   assert np.all(np.isfinite(grad))
 
 
-def test_one_real_step(tmp_path):
-  data = str(tmp_path / 'masks')
-  mask_records.write_blocky_dataset(data, num_examples=16, size=64, num_shards=4)
-  config = lc_config.get_config('test')
-  config.data.dir = data
-  config.total_steps = 1
-  out = train.train_and_evaluate(config, str(tmp_path / 'run'))
-  assert out['finished'] and np.isfinite(out['metrics']['train/loss'])
-  assert out['metrics']['train/lc_valid_pairs'] > 0
-  params = out['state'].target_params
-  assert 'local_projector' in params and 'predictor' not in params
+# LC-loss's real step (the trainer, real data, lc_valid_pairs > 0): the
+# composed run of tests/test_train.py::test_kill_and_resume_is_exact.
 
 
 def test_paper_preset():

@@ -19,7 +19,6 @@ import time
 import numpy as np
 import pytest
 
-from tests import mask_records
 from tests import multiprocess_worker
 from tests import subprocess_env
 
@@ -54,27 +53,30 @@ def start(commands, logs=None):
   return procs
 
 
-def launch(commands, timeout=600, expect_ok=True):
-  """Starts one process per command (env: 2 CPU devices each); waits for all."""
-  procs = start(commands)
+def wait(procs, timeout=600, expect_ok=True, logs=None):
+  """Waits for processes from start(); returns their outputs (pipes or `logs`)."""
   outs = []
   try:
     for p in procs:
-      outs.append(p.communicate(timeout=timeout)[0])
+      out = p.communicate(timeout=timeout)[0]
+      outs.append(out if logs is None else None)
   finally:
     for p in procs:
       if p.poll() is None:
         p.kill()
+  if logs is not None:
+    outs = []
+    for f in logs:
+      with open(f) as fh:
+        outs.append(fh.read())
   for p, out in zip(procs, outs):
     assert (p.returncode == 0) == expect_ok, out[-4000:]
   return outs
 
 
-@pytest.fixture
-def data_dir(tmp_path):
-  out = str(tmp_path / 'masks')
-  mask_records.write_blocky_dataset(out, num_examples=16, size=64, num_shards=4)
-  return out
+def launch(commands, timeout=600, expect_ok=True):
+  """Starts one process per command (env: 2 CPU devices each); waits for all."""
+  return wait(start(commands), timeout, expect_ok)
 
 
 def test_processes_with_different_configs_fail_with_a_message(data_dir, tmp_path):
@@ -108,7 +110,8 @@ def test_losing_a_process_then_a_damaged_checkpoint_and_a_late_finisher(
   """One 2-process workdir through what can go wrong, resumed exactly.
 
   Each 2-process launch costs about a minute here (imports, compiling,
-  orbax), so one workdir takes three launches (it took five in two tests):
+  orbax), so one workdir takes three launches (it took five in two tests),
+  and the third runs beside the second:
 
   1. A host dies mid-run: process 1 is SIGKILLed once two checkpoints are on
      disk. Process 0 then fails in its next collective (gloo: connection
@@ -121,7 +124,7 @@ def test_losing_a_process_then_a_damaged_checkpoint_and_a_late_finisher(
      take ONE decision: both fall back to step K - 1 (a cooperative
      multi-process restore of a checkpoint the killed run wrote), the damaged
      folder is moved aside once, and training finishes. Process 1 finishes
-     20 s after process 0, and both still exit 0: a finished process waits
+     10 s after process 0, and both still exit 0: a finished process waits
      for the others at a barrier of the coordination service
      (--shutdown_timeout_s, generous by default) and only then leaves the
      distributed service, whose shutdown barrier has the same timeout;
@@ -140,7 +143,7 @@ def test_losing_a_process_then_a_damaged_checkpoint_and_a_late_finisher(
   # A checkpoint at every step, keep_checkpoints=2 (test preset); 6 steps
   # leave room for the kill to land well before the end.
   steps = 6
-  late_s = 20
+  late_s = 10
   workdir = tmp_path / 'run'
   ckpts = workdir / 'checkpoints'
   common = ['--config=configs/detcon_b.py:test', f'--config.data.dir={data_dir}',
@@ -220,8 +223,19 @@ def test_losing_a_process_then_a_damaged_checkpoint_and_a_late_finisher(
            for f in names if os.sep + 'd' + os.sep in os.path.join(root, f)]
   largest = max(files, key=os.path.getsize)
   os.truncate(largest, os.path.getsize(largest) // 2)
-  outs = launch(commands(workdir, 'resumed', late=late_s,
-                         extra=['--shutdown_timeout_s=600']), timeout=900)
+  # 3.'s uninterrupted run starts now, beside 2.: it shares nothing with it
+  # (its own workdir and coordinator) and fills the time 2. spends waiting
+  # (its late finisher, the barriers).
+  ref_logs = [str(tmp_path / f'reference{i}.log') for i in range(2)]
+  reference = start(commands(tmp_path / 'reference', 'reference', fixed=True,
+                             ckpt_every=steps), ref_logs)
+  try:
+    outs = launch(commands(workdir, 'resumed', late=late_s,
+                           extra=['--shutdown_timeout_s=600']), timeout=900)
+  except BaseException:
+    for p in reference:
+      p.kill()
+    raise
   for i, out in enumerate(outs):
     assert f'checkpoint of step {last} cannot be restored' in out, (i, out[-3000:])
     assert 'is truncated' in out, (i, out[-3000:])
@@ -236,8 +250,7 @@ def test_losing_a_process_then_a_damaged_checkpoint_and_a_late_finisher(
 
   # 3. An uninterrupted run of the same config ends in the same state (its
   # only checkpoint the last: they do not change the training).
-  outs = launch(commands(tmp_path / 'reference', 'reference', fixed=True,
-                         ckpt_every=steps), timeout=900)
+  outs = wait(reference, timeout=900, logs=ref_logs)
   assert 'JAX 0.10' in outs[0] and '2 processes, 4 devices (2 local)' in outs[0]
   ref, _ = load('reference')
   r0, r1 = load('resumed')

@@ -9,21 +9,11 @@ import pytest
 
 from configs import scrl as scrl_config
 from dense_ssl import method as method_lib
-from dense_ssl import train
 from dense_ssl.losses import scrl as scrl_losses
 from dense_ssl.objectives import scrl as scrl_objective
 from dense_ssl.ops import geometry
-from tests import mask_records
 from tests.fake_data import fake_batch
 from tests.fake_data import run_loss
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  """16 tiny images with blocky GT masks, in 4 shards (as tests/test_train.py)."""
-  out = str(tmp_path_factory.mktemp('masks'))
-  mask_records.write_blocky_dataset(out, num_examples=16, size=80, num_shards=4)
-  return out
 
 
 # -------------------------------------------------------------- the loss ---
@@ -159,14 +149,5 @@ def test_presets(preset):
             c.total_epochs) == expect
 
 
-# ------------------------------------------------ the whole trainer, real data ---
-
-def test_one_real_training_step(data_dir, tmp_path):
-  config = scrl_config.get_config('test')
-  config.data.dir = data_dir
-  config.total_steps = 1
-  out = train.train_and_evaluate(config, str(tmp_path))
-  assert out['finished'] and out['step'] == 1
-  assert np.isfinite(out['metrics']['train/loss'])
-  assert out['metrics']['train/scrl_valid_boxes_per_image'] > 0
-
+# SCRL's real step (the trainer, real data, valid boxes > 0): the composed
+# run of tests/test_train.py::test_kill_and_resume_is_exact.
