@@ -37,6 +37,7 @@ from absl import flags
 
 from data_pipeline import cli
 from data_pipeline import records
+from data_pipeline import tf_setup
 from data_pipeline.masks import quality
 
 FLAGS = flags.FlagValues()
@@ -96,7 +97,7 @@ def mask_sets(manifest, grids):
 
 def _label_maps(serialized, names):
   """{name: int32 [H, W]} of the stored maps `names` of one record."""
-  import tensorflow as tf
+  tf = tf_setup.import_tensorflow()
   f = tf.train.Example.FromString(serialized).features.feature
   out = {}
   for n in names:
@@ -111,7 +112,6 @@ def _label_maps(serialized, names):
 
 def measure(data_dir, grids=(1, 2, 5), split=None, limit=None):
   """The report dict (see the module docstring) of the dataset in `data_dir`."""
-  from data_pipeline import tf_setup
   tf = tf_setup.hide_accelerators()
   manifest = read_manifest(data_dir)
   stored = list(manifest.get('mask_names', []))

@@ -58,6 +58,8 @@ import io
 import numpy as np
 from PIL import Image
 
+from data_pipeline import tf_setup
+
 # 2: label maps with ids < 256 are stored as png8 (version 1 wrote png16 for
 # them). Readers decode every version up to FORMAT_VERSION.
 FORMAT_VERSION = 2
@@ -152,7 +154,7 @@ def decode_label_map(data, encoding):
 def make_example(*, encoded, image_format, original_format, transcoded, height,
                  width, image_id, label_maps):
   """Serialises one record. `label_maps` maps name -> int array [height, width]."""
-  import tensorflow as tf  # Lazy: only writers need TF protos.
+  tf = tf_setup.import_tensorflow()  # Lazy: only writers need TF protos.
 
   def b(v):
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=v))
@@ -187,7 +189,7 @@ def parse_example_numpy(serialized):
   Returns dict(id, height, width, format, transcoded, original_format,
   encoded, masks={name: int32 [H, W]}).
   """
-  import tensorflow as tf
+  tf = tf_setup.import_tensorflow()
 
   ex = tf.train.Example.FromString(serialized)
   f = ex.features.feature
@@ -210,7 +212,7 @@ def parse_example_numpy(serialized):
 
 def decode_label_map_tf(data, encoding):
   """TF-graph decode of one label map; returns int32 [H, W]."""
-  import tensorflow as tf
+  tf = tf_setup.import_tensorflow()
 
   def png8():
     return tf.cast(tf.io.decode_png(data, channels=1, dtype=tf.uint8)[..., 0], tf.int32)
@@ -241,7 +243,7 @@ def parse_record_tf(serialized, mask_names):
     dict(image=uint8 [H, W, 3], masks={name: int32 [H, W]}, id=string,
     height=int32, width=int32).
   """
-  import tensorflow as tf
+  tf = tf_setup.import_tensorflow()
 
   spec = {
       IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string),

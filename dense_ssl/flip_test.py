@@ -75,7 +75,7 @@ def correspondence_accuracy(feats_a, feats_b):
 
 def image_pairs(data_dir, num_images, size, seed):
   """Yields (image, transformed mirror) float32 [size, size, 3], normalised."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf = tf_setup.import_tensorflow()
   from data_pipeline import augment, input_pipeline, records  # pylint: disable=g-import-not-at-top
   manifest = input_pipeline.read_manifest(data_dir)
   files = [p for p, _ in input_pipeline.process_shards(manifest, data_dir, 0, 1)]

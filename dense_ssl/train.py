@@ -33,6 +33,7 @@ import numpy as np
 import optax
 
 from data_pipeline import input_pipeline
+from data_pipeline import tf_setup
 from dense_ssl import checkpoint as ckpt_lib
 from dense_ssl import config_check
 from dense_ssl import method as method_lib
@@ -241,7 +242,7 @@ class MetricWriter:
   def __init__(self, workdir, enabled):
     self.enabled = enabled
     if enabled:
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      tf = tf_setup.import_tensorflow()
       self._tf = tf
       self._writer = tf.summary.create_file_writer(workdir)
 

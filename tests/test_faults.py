@@ -275,7 +275,8 @@ def test_main_config_typo_is_one_line(tmp_path):
                  '--config.objectives.detcon.temprature=0.2')
   assert run.returncode == 1
   assert 'Traceback' not in run.stderr
-  assert user_lines(run.stderr) == [
+  # Nothing else: no TensorFlow start-up notices (data_pipeline/tf_setup.py).
+  assert run.stderr.splitlines() == [
       'dense_ssl.main: ERROR: --config.objectives.detcon.temprature: '
       'config.objectives.detcon.temprature is not a config key (did you mean '
       "'temperature'?); see the config file for the keys there are."]
@@ -284,6 +285,33 @@ def test_main_config_typo_is_one_line(tmp_path):
   run = main_cli('--config=configs/detcon_b.py:test', f'--workdir={tmp_path}',
                  '--config.objectives.detcon.temprature=0.2', '--verbose')
   assert run.returncode != 0 and 'Traceback' in run.stderr
+
+
+def test_tensorflow_start_up_notices_are_dropped_and_real_lines_kept(tmp_path):
+  """The first TensorFlow import (tf_setup) drops the native notices it prints
+  on import and passes anything else on: a stand-in 'tensorflow' package that
+  writes both to file descriptor 2, as the real one's C++ logging does."""
+  fake = tmp_path / 'tensorflow'
+  fake.mkdir()
+  (fake / '__init__.py').write_text(
+      'import os\n'
+      'os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called '
+      'are written to STDERR\\n"\n'
+      '          b"I0000 00:00:1.0 1 port.cc:153] oneDNN custom operations are on. '
+      'You may see ...\\n"\n'
+      '          b"E0000 00:00:1.0 1 something.cc:1] a real error\\n")\n'
+      'class config:\n'
+      '  @staticmethod\n'
+      '  def set_visible_devices(devices, kind):\n'
+      '    pass\n')
+  run = subprocess.run(
+      [sys.executable, '-c', 'from data_pipeline import tf_setup\n'
+       'tf = tf_setup.hide_accelerators()\nprint(tf.__file__)'],
+      cwd=REPO, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, PYTHONPATH=f'{tmp_path}{os.pathsep}{REPO}'))
+  assert run.returncode == 0, run.stderr
+  assert run.stdout.strip() == str(fake / '__init__.py')
+  assert run.stderr.splitlines() == ['E0000 00:00:1.0 1 something.cc:1] a real error']
 
 
 def test_main_bad_values_are_a_few_lines(data_dir, tmp_path):
