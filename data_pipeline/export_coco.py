@@ -102,6 +102,7 @@ SPLITS = ('train2017', 'val2017')
 # The demo split each COCO split draws its scenes from.
 _DEMO_SPLIT = {'train2017': 'train', 'val2017': 'val'}
 
+PROG = 'data_pipeline.export_coco'
 FLAGS = flags.FlagValues()
 flags.DEFINE_string('out_dir', None, 'Dataset root (DETECTRON2_DATASETS); gets coco/.',
                     flag_values=FLAGS)
@@ -229,8 +230,8 @@ def write_split(out_dir, split, num_scenes, seed=0, size=demo_dataset.DEFAULT_SI
 
 
 def main(argv=None):
-  """The command line; returns the exit status (0 ok, 2 usage)."""
-  rest, status = cli.parse(FLAGS, argv, 'export_coco', __doc__)
+  """The command line; returns the exit status (0 ok, 2 flag errors)."""
+  rest, status = cli.parse(FLAGS, argv, PROG, __doc__)
   if rest is None:
     return status
   problems = []
@@ -247,12 +248,8 @@ def main(argv=None):
   if not 1 <= FLAGS.jpeg_quality <= 100:
     problems.append(f'--jpeg_quality={FLAGS.jpeg_quality} must be in 1..100')
   if problems:
-    for p in problems:
-      print(f'export_coco: error: {p}', file=sys.stderr)
-    print('usage: python -m data_pipeline.export_coco --out_dir=DIR '
-          '[--num_train=N --num_val=N --seed=S --image_size=S --jpeg_quality=Q]',
-          file=sys.stderr)
-    return 2
+    cli.error(PROG, cli.usage_message('; '.join(problems)))
+    return cli.USAGE
   start = time.time()
   for split, n in (('train2017', FLAGS.num_train), ('val2017', FLAGS.num_val)):
     images, instances = write_split(FLAGS.out_dir, split, n, FLAGS.seed,

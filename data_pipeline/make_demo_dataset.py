@@ -28,6 +28,7 @@ from data_pipeline import demo_dataset
 
 # A private flag set: other tools define --num_examples, --seed, --image_size
 # on the global one, and main() can be called more than once (tests).
+PROG = 'data_pipeline.make_demo_dataset'
 FLAGS = flags.FlagValues()
 flags.DEFINE_string('out_dir', None, 'Output folder (created).', flag_values=FLAGS)
 flags.DEFINE_integer('num_examples', demo_dataset.DEFAULT_NUM_EXAMPLES,
@@ -89,22 +90,21 @@ def write_folder(out_dir, num_examples, seed=0, size=demo_dataset.DEFAULT_SIZE,
 
 
 def main(argv=None):
-  """The command line; returns the exit status (0 ok, 2 usage)."""
-  rest, status = cli.parse(FLAGS, argv, 'make_demo_dataset', __doc__)
+  """The command line; returns the exit status (0 ok, 2 flag errors)."""
+  rest, status = cli.parse(FLAGS, argv, PROG, __doc__)
   if rest is None:
     return status
-  if len(rest) > 1 or not FLAGS.out_dir:
-    print('make_demo_dataset: error: usage: python -m data_pipeline.make_demo_dataset'
-          ' --out_dir=DIR [--num_examples=N --seed=S --image_size=S --format=png'
-          ' --first_index=I]'
-          + (f' (unexpected arguments {rest[1:]})' if len(rest) > 1 else ''),
-          file=sys.stderr)
-    return 2
+  problem = None
+  if len(rest) > 1:
+    problem = f'unexpected arguments {rest[1:]}'
+  elif not FLAGS.out_dir:
+    problem = '--out_dir is required'
+  elif FLAGS.first_index < 0:
+    problem = f'--first_index={FLAGS.first_index} must be >= 0'
+  if problem:
+    cli.error(PROG, cli.usage_message(problem))
+    return cli.USAGE
   start = time.time()
-  if FLAGS.first_index < 0:
-    print(f'make_demo_dataset: error: --first_index={FLAGS.first_index} must be >= 0',
-          file=sys.stderr)
-    return 2
   written, kept = write_folder(FLAGS.out_dir, FLAGS.num_examples, FLAGS.seed,
                                FLAGS.image_size, FLAGS.format, FLAGS.first_index)
   print(f'demo scenes (seed {FLAGS.seed}, {FLAGS.image_size}px) in {FLAGS.out_dir}:'

@@ -40,6 +40,7 @@ from data_pipeline import records
 from data_pipeline import tf_setup
 from data_pipeline.masks import quality
 
+PROG = 'data_pipeline.mask_quality'
 FLAGS = flags.FlagValues()
 flags.DEFINE_string('data_dir', None, 'Mask dataset folder (manifest.json + shards).',
                     flag_values=FLAGS)
@@ -204,26 +205,26 @@ def format_table(report):
 
 def main(argv=None):
   """The command line; returns the exit status."""
-  rest, status = cli.parse(FLAGS, argv, 'mask_quality', __doc__)
+  rest, status = cli.parse(FLAGS, argv, PROG, __doc__)
   if rest is None:
     return status
-  if len(rest) > 1 or not FLAGS.data_dir:
-    print('mask_quality: error: usage: python -m data_pipeline.mask_quality'
-          ' --data_dir=DIR [--grids=1,2,5 --split=train --limit=N --out=FILE.json]'
-          + (f' (unexpected arguments {rest[1:]})' if len(rest) > 1 else ''),
-          file=sys.stderr)
-    return 2
+  problem = None
+  if len(rest) > 1:
+    problem = f'unexpected arguments {rest[1:]}'
+  elif not FLAGS.data_dir:
+    problem = '--data_dir is required'
   try:
     grids = [int(g) for g in FLAGS.grids if g.strip()]
   except ValueError:
-    print(f'mask_quality: error: --grids={",".join(FLAGS.grids)}: give integers,'
-          ' e.g. --grids=1,2,5', file=sys.stderr)
-    return 2
+    problem = problem or f'--grids={",".join(FLAGS.grids)}: give integers, e.g. --grids=1,2,5'
+  if problem:
+    cli.error(PROG, cli.usage_message(problem))
+    return cli.USAGE
   try:
     report = measure(FLAGS.data_dir, grids, FLAGS.split, FLAGS.limit)
-  except UsageError as e:
-    print(f'mask_quality: error: {e}', file=sys.stderr)
-    return 2
+  except UsageError as e:   # The dataset cannot be measured: a user error.
+    cli.error(PROG, e)
+    return cli.FAILURE
   out = FLAGS.out or os.path.join(FLAGS.data_dir, 'mask_quality.json')
   tmp = f'{out}.tmp-{os.getpid()}'
   with open(tmp, 'w') as f:

@@ -145,10 +145,12 @@ from data_pipeline import cli
 from data_pipeline.masks import local_runner
 from data_pipeline.masks import plan
 from data_pipeline.masks.errors import Interrupted
+from data_pipeline.masks.errors import FlagError
 from data_pipeline.masks.errors import PrecomputeError
 
 # A private flag set: the module can be imported next to other tools' flags
 # (tests, benchmarks) and main() can be called more than once in a process.
+PROG = 'data_pipeline.precompute_masks'
 FLAGS = flags.FlagValues()
 
 flags.DEFINE_string('source', None, 'folder:DIR | tfds:NAME:SPLIT | demo.', flag_values=FLAGS)
@@ -242,19 +244,20 @@ class _Signals:
 def main(argv=None):
   """The command line; returns the exit status.
 
-  0 ok, 1 all inputs failed, 2 usage errors and refusals, 128 + signum when
-  stopped by a signal (130: SIGINT, 143: SIGTERM).
+  0 ok, 1 user errors (a refused --out_dir, a source that cannot be read,
+  every input failed), 2 flag errors (data_pipeline/cli.py), 128 + signum
+  when stopped by a signal (130: SIGINT, 143: SIGTERM).
   """
   argv = list(sys.argv if argv is None else argv)
   # With --runner, the flags this tool does not know are Beam pipeline options.
-  rest, status = cli.parse(FLAGS, argv, 'precompute_masks', __doc__, known_only=True)
+  rest, status = cli.parse(FLAGS, argv, PROG, __doc__, known_only=True)
   if rest is not None and not FLAGS.runner:
-    rest, status = cli.parse(FLAGS, argv, 'precompute_masks', __doc__)
+    rest, status = cli.parse(FLAGS, argv, PROG, __doc__)
   if rest is None:
     return status
   if not FLAGS.runner and len(rest) > 1:
-    print(f'precompute_masks: error: unexpected arguments {rest[1:]}', file=sys.stderr)
-    return 2
+    cli.error(PROG, cli.usage_message(f'unexpected arguments {rest[1:]}'))
+    return cli.USAGE
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # Inherited by the workers.
   log = lambda s: print(s, flush=True)
   with _Signals() as signals:
@@ -264,27 +267,29 @@ def main(argv=None):
         manifest = beam_runner.run(params_from_flags(), FLAGS.runner, rest[1:], log=log)
       else:
         manifest = local_runner.precompute(params_from_flags(), log=log)
+    except FlagError as e:
+      cli.error(PROG, cli.usage_message(e))
+      return cli.USAGE
     except PrecomputeError as e:
-      print(f'precompute_masks: error: {e}', file=sys.stderr)
-      return 2
+      cli.error(PROG, e)
+      return cli.FAILURE
     except Interrupted as e:
       signals.status = 128 + int(e.signum)
-      print(f'precompute_masks: {e}', file=sys.stderr)
+      print(f'{PROG}: {e}', file=sys.stderr)
       return signals.status
     except KeyboardInterrupt as e:  # Beam mode, or the local mode before it starts.
       sig = signal.SIGTERM if str(e) == 'SIGTERM' else signal.SIGINT
       signals.status = 128 + int(sig)
-      print(f'precompute_masks: interrupted by {sig.name}; complete shards are kept:'
+      print(f'{PROG}: interrupted by {sig.name}; complete shards are kept:'
             ' run the same command again to resume', file=sys.stderr)
       return signals.status
   if manifest['num_examples'] == 0:
     reasons = collections.Counter(f['reason'].split(':')[0] for f in manifest['failures'])
     out_dir = FLAGS.out_dir if '://' in FLAGS.out_dir else os.path.abspath(FLAGS.out_dir)
-    print(f'precompute_masks: error: every one of the {manifest["num_failures"]} inputs'
-          f' failed ({dict(reasons.most_common(5))}); the reasons are listed in'
-          f' {os.path.join(out_dir, "manifest.json")}',
-          file=sys.stderr)
-    return 1
+    cli.error(PROG, f'every one of the {manifest["num_failures"]} inputs'
+              f' failed ({dict(reasons.most_common(5))}); the reasons are listed in'
+              f' {os.path.join(out_dir, "manifest.json")}')
+    return cli.FAILURE
   return 0
 
 

@@ -1,9 +1,11 @@
-"""What the entry points that take --config share: one-line user errors.
+"""What the entry points that take --config share: config mistakes as one line.
 
   parse_flags = cli.config_flags_parser('dense_ssl.main', _CONFIG)
   app.run(main, flags_parser=parse_flags)
 
-A user error prints `<prog>: ERROR: <one line>` on stderr and exits 1; the
+The convention (data_pipeline/cli.py): `<prog>: ERROR: <one line>` on
+stderr, exit 1 for user errors, exit 2 for flag errors (a misspelt
+--config.* key, a config file that does not load, an unknown flag); the
 traceback only with --verbose.
 """
 
@@ -12,11 +14,13 @@ import sys
 
 from absl import flags
 
+from data_pipeline import cli as _convention
 
-def fail(prog, message, code=1):
-  """Prints `<prog>: ERROR: message` on stderr and exits."""
-  print(f'{prog}: ERROR: {message}', file=sys.stderr)
-  sys.exit(code)
+# The convention's functions, for the dense_ssl tools.
+fail = _convention.fail
+flags_parser = _convention.flags_parser
+usage_error = _convention.usage_error
+USAGE = _convention.USAGE
 
 
 def last_line(error):
@@ -65,7 +69,7 @@ def config_flags_parser(prog, config_flag, flag_values=None):
         if verbose:
           raise
         config_arg = next((a for a in argv if a.startswith('--config=')), '--config')
-        fail(prog, f'{config_arg}: cannot load the config file: {last_line(e)}')
+        fail(prog, f'{config_arg}: cannot load the config file: {last_line(e)}', USAGE)
       return rest
     except flags.Error as e:
       if verbose:
@@ -73,9 +77,7 @@ def config_flags_parser(prog, config_flag, flag_values=None):
       text = str(e)
       if 'Traceback (most recent call last)' in text:  # The config file raised.
         text = f'{text.splitlines()[0].rstrip(":")}: {last_line(text)}'
-      print(f'{prog}: ERROR: {text}\nPass --helpshort or --helpfull to see help on flags.',
-            file=sys.stderr)
-      sys.exit(1)
+      usage_error(prog, text)
     except (AttributeError, KeyError) as e:
       if verbose:
         raise
@@ -90,13 +92,14 @@ def config_flags_parser(prog, config_flag, flag_values=None):
       hint = f' (did you mean {suggestion[1]!r}?)' if suggestion else ''
       if flag:
         fail(prog, f'{flag}: config.{flag[len("--config."):]} is not a config key{hint}; '
-             'see the config file for the keys there are.')
-      fail(prog, f'a --config.* override names no config key: {text.splitlines()[0]}{hint}')
+             'see the config file for the keys there are.', USAGE)
+      fail(prog, f'a --config.* override names no config key: {text.splitlines()[0]}{hint}',
+           USAGE)
     except Exception as e:  # pylint: disable=broad-except
       # The config file itself (--config=FILE:PRESET) failed to load, e.g. an
       # unknown preset.
       if verbose:
         raise
-      fail(prog, f'--config: {type(e).__name__}: {e} (--verbose shows the traceback)')
+      fail(prog, f'--config: {type(e).__name__}: {e} (--verbose shows the traceback)', USAGE)
 
   return parse_flags

@@ -920,7 +920,7 @@ def default_out(config_arg, acc_name):
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    cli.usage_error(PROG, f'unexpected arguments: {argv[1:]}')
   config_arg = _config_arg(sys.argv)
   try:
     acc = accelerator(_ACCELERATOR.value)

@@ -45,11 +45,13 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
 from dense_ssl import checkpoint  # noqa: E402
+from dense_ssl import cli  # noqa: E402
 from dense_ssl.export import conversion  # noqa: E402
 from dense_ssl.export import torchvision_format  # noqa: E402
 from dense_ssl.export import verify as verify_lib  # noqa: E402
 from dense_ssl.export.conversion import ConversionError  # noqa: E402
 
+PROG = 'dense_ssl.convert'
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir to read.')
 _STEP = flags.DEFINE_integer('step', None,
                              'Checkpoint step; default: the latest.')
@@ -157,12 +159,8 @@ def convert(workdir: str, to: str, out: str, *, step: Optional[int] = None,
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  del argv   # Leftover arguments are refused by cli.flags_parser.
   logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO.
-  for flag in ('workdir', 'to', 'out'):
-    if flags.FLAGS[flag].value is None:
-      raise app.UsageError(f'--{flag} is required.')
   try:
     convert(_WORKDIR.value, _TO.value, _OUT.value, step=_STEP.value,
             network=_NETWORK.value, verify=_VERIFY.value,
@@ -174,9 +172,9 @@ def main(argv):
   except ConversionError as e:
     if _VERBOSE.value:
       logging.error('traceback of the refusal below', exc_info=True)
-    print(f'dense_ssl.convert: ERROR: {e}', file=sys.stderr)
-    sys.exit(1)
+    cli.fail(PROG, str(e))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  flags.mark_flags_as_required(['workdir', 'to', 'out'])
+  app.run(main, flags_parser=cli.flags_parser(PROG))

@@ -51,7 +51,9 @@ from typing import Any, Dict, Optional, Sequence
 from absl import flags
 
 from data_pipeline import tf_setup
+from dense_ssl import cli
 
+PROG = 'dense_ssl.evaluate'
 FLAGS = flags.FlagValues()
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (checkpoints, config.json).',
@@ -538,7 +540,7 @@ def main(argv=None):
     if not _WORKDIR.value and not _OUT.value:
       raise flags.Error('--out is required without --workdir')
   except flags.Error as e:
-    sys.exit(f'evaluate: {e}\n{FLAGS.main_module_help()}')
+    cli.usage_error(PROG, e)
   tf = tf_setup.hide_accelerators()
   try:
     r = evaluate_probe(
@@ -555,7 +557,7 @@ def main(argv=None):
   # a damaged shard a tf.errors.DataLossError (an OpError).
   except (RuntimeError, ValueError, OSError, tf.errors.OpError) as e:
     message = getattr(e, 'message', None) or str(e)
-    sys.exit(f'evaluate: error: {message.strip().splitlines()[0]}')
+    cli.fail(PROG, message.strip().splitlines()[0])
   p = r['probe']
   which = ('random-init encoder' if p['init'] == 'random'
            else f'{p["network"]} encoder of step {p["step"]}')

@@ -26,9 +26,11 @@ import sys
 from absl import flags
 
 from data_pipeline import tf_setup
+from dense_ssl import cli
 
 # A private flag set: its --workdir etc. cannot clash with absl flags that
 # other modules define in the same process.
+PROG = 'dense_ssl.flip_test'
 FLAGS = flags.FlagValues()
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (checkpoints).',
@@ -144,7 +146,7 @@ def main(argv=None):
     if not _WORKDIR.value or not _DATA_DIR.value:
       raise flags.Error('--workdir and --data_dir are required')
   except flags.Error as e:
-    sys.exit(f'flip_test: {e}\n{FLAGS.main_module_help()}')
+    cli.usage_error(PROG, e)
   tf_setup.hide_accelerators()
   try:
     result = run(_WORKDIR.value, _DATA_DIR.value, step=_STEP.value,
@@ -152,7 +154,7 @@ def main(argv=None):
                  num_images=_NUM_IMAGES.value, image_size=_IMAGE_SIZE.value,
                  batch_size=_BATCH.value, seed=_SEED.value)
   except (RuntimeError, ValueError, OSError) as e:  # CheckpointError is a RuntimeError.
-    sys.exit(f'flip_test: error: {e}')
+    cli.fail(PROG, cli.last_line(e))
   print(f'flip test, {result["network"]} encoder of step {result["step"]}, '
         f'{result["feature"]} grid {result["grid"][0]}x{result["grid"][1]}, '
         f'{result["num_images"]} images: correspondence accuracy '

@@ -24,7 +24,6 @@ it); unexpected exceptions (bugs) keep their traceback.
 
 import logging as py_logging
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -111,11 +110,10 @@ def join_processes_or_explain():
         return
     except OSError as e:
       if time.monotonic() > deadline:
-        print(f'ERROR: process {_PROCESS_ID.value} cannot reach the coordinator '
-              f'{address} (process 0) within --distributed_timeout_s={timeout}: '
-              f'{e}. Start process 0 with the same --coordinator_address, and '
-              'check the host name and firewall.', file=sys.stderr)
-        sys.exit(1)
+        fail(f'process {_PROCESS_ID.value} cannot reach the coordinator '
+             f'{address} (process 0) within --distributed_timeout_s={timeout}: '
+             f'{e}. Start process 0 with the same --coordinator_address, and '
+             'check the host name and firewall.')
       time.sleep(1)
 
 
@@ -156,7 +154,7 @@ def user_errors():
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    cli.usage_error(PROG, f'unexpected arguments: {argv[1:]}')
   # TF serves tf.data only: it must never claim accelerator memory.
   tf_setup.hide_accelerators()
   logging.get_absl_handler().addFilter(_QuietLibraries())

@@ -12,6 +12,9 @@ import os
 from absl import app
 from absl import flags
 
+from dense_ssl import cli
+
+PROG = 'dense_ssl.plot_curves'
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (holds event files).')
 _OUT = flags.DEFINE_string('out', None, 'PNG to write.')
 _TAGS = flags.DEFINE_list('tags', [], 'Scalar tags to plot (substring match); default: tags containing "loss".')
@@ -56,18 +59,16 @@ def plot(series, tags, out):
 
 
 def main(argv):
-  del argv
-  if not _WORKDIR.value or not _OUT.value:
-    raise app.UsageError('--workdir and --out are required.')
+  del argv   # Leftover arguments are refused by cli.flags_parser.
   series = read_scalars(_WORKDIR.value)
   if not series:
-    raise app.UsageError(f'No TensorBoard scalars found under --workdir={_WORKDIR.value}: '
-                         'has training run there yet?')
+    cli.fail(PROG, f'--workdir={_WORKDIR.value}: no TensorBoard scalars there: has '
+             'training run there yet?')
   wanted = _TAGS.value or ['loss']
   tags = sorted(t for t in series if any(w in t for w in wanted))
   if not tags:
-    raise app.UsageError(f'No scalar tag matches --tags={",".join(wanted)}; '
-                         f'available: {", ".join(sorted(series))}')
+    cli.usage_error(PROG, f'--tags={",".join(wanted)}: no scalar tag matches; '
+                    f'available: {", ".join(sorted(series))}')
   plot(series, tags, _OUT.value)
   for tag in tags:
     first, last = series[tag][0], series[tag][-1]
@@ -76,4 +77,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  flags.mark_flags_as_required(['workdir', 'out'])
+  app.run(main, flags_parser=cli.flags_parser(PROG))

@@ -91,7 +91,7 @@ def test_multiprocess_direct_runner_writes_local_modes_shards(tmp_path, capsys):
   # Other parameters into the same folder: refused as in the local mode.
   capsys.readouterr()
   assert beam_run(out_dir, *DEMO[:-2], '--fh_scales=200', '--fh_min_sizes=20',
-                  mode=IN_PROCESS) == 2
+                  mode=IN_PROCESS) == 1
   assert 'different parameters' in capsys.readouterr().err
   assert shard_bytes(out_dir) == before
 
@@ -128,7 +128,7 @@ def test_url_out_dir_is_written_through_epath(tmp_path):
   # A foreign, non-empty folder is refused.
   shutil.copytree(tmp_path / 'local', tmp_path / 'foreign')
   os.remove(tmp_path / 'foreign' / 'params.json')
-  assert beam_run(f'file://{tmp_path}/foreign', *DEMO, mode=IN_PROCESS) == 2
+  assert beam_run(f'file://{tmp_path}/foreign', *DEMO, mode=IN_PROCESS) == 1
 
 
 def test_exit_status_and_usage_errors(tmp_path, capsys, monkeypatch):
@@ -147,13 +147,13 @@ def test_exit_status_and_usage_errors(tmp_path, capsys, monkeypatch):
   assert 'bad Beam pipeline option' in capsys.readouterr().err
   assert beam_run(tmp_path / 'o2', *demo, '--direct_num_worker=2', mode=IN_PROCESS) == 2
   assert 'unknown flag(s) --direct_num_worker' in capsys.readouterr().err
-  assert beam_run(tmp_path / 'o2', *demo, mode=('--runner=NoSuchRunner',)) == 2
+  assert beam_run(tmp_path / 'o2', *demo, mode=('--runner=NoSuchRunner',)) == 1
   assert '--runner=NoSuchRunner' in capsys.readouterr().err
   # Without --runner an unknown flag is still an error.
   assert tpm.run(tmp_path / 'o2', *demo, '--direct_num_workers=2') == 2
   assert 'direct_num_workers' in capsys.readouterr().err
   monkeypatch.setattr(beam_runner, 'beam', None)
-  assert beam_run(tmp_path / 'o2', *demo, mode=IN_PROCESS) == 2
+  assert beam_run(tmp_path / 'o2', *demo, mode=IN_PROCESS) == 1
   assert 'pip install -r requirements-beam.txt' in capsys.readouterr().err
   assert not (tmp_path / 'o2').exists()
 
@@ -164,7 +164,7 @@ def test_launching_process_holds_the_out_dir_lock(tmp_path, capsys, monkeypatch)
   lock = out / lock_lib.LOCK_NAME
   lock.write_text(json.dumps({'host': socket.gethostname(), 'pid': os.getpid(),
                               'started': '2026-01-01T00:00:00+00:00'}))
-  assert beam_run(out, *DEMO, mode=IN_PROCESS) == 2  # A live job holds it.
+  assert beam_run(out, *DEMO, mode=IN_PROCESS) == 1  # A live job holds it.
   assert f'is in use by another precompute (pid {os.getpid()}' in capsys.readouterr().err
   lock.unlink()
   held = []

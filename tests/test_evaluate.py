@@ -287,9 +287,9 @@ def test_clear_errors(tmp_path):
   # A workdir without checkpoints: the CLI's one line, and the API's error.
   done = _cli([f'--workdir={tmp_path / "none"}', f'--data_dir={data}',
                f'--eval_data_dir={val}'], REPO)
-  assert done.returncode != 0
+  assert done.returncode == 1
   last = done.stderr.strip().splitlines()[-1]
-  assert last.startswith('evaluate: error: --workdir=') and 'no checkpoints' in last
+  assert last.startswith('dense_ssl.evaluate: ERROR: --workdir=') and 'no checkpoints' in last
   with pytest.raises(checkpoint.CheckpointError, match='no checkpoints'):
     evaluate.evaluate_probe(data_dir=data, eval_data_dir=val,
                             workdir=str(tmp_path / 'none'))

@@ -273,7 +273,7 @@ def main_cli(*args):
 def test_main_config_typo_is_one_line(tmp_path):
   run = main_cli('--config=configs/detcon_b.py:test', f'--workdir={tmp_path}',
                  '--config.objectives.detcon.temprature=0.2')
-  assert run.returncode == 1
+  assert run.returncode == 2   # A flag error (data_pipeline/cli.py).
   assert 'Traceback' not in run.stderr
   # Nothing else: no TensorFlow start-up notices (data_pipeline/tf_setup.py).
   assert run.stderr.splitlines() == [
@@ -312,6 +312,23 @@ def test_tensorflow_start_up_notices_are_dropped_and_real_lines_kept(tmp_path):
   assert run.returncode == 0, run.stderr
   assert run.stdout.strip() == str(fake / '__init__.py')
   assert run.stderr.splitlines() == ['E0000 00:00:1.0 1 something.cc:1] a real error']
+
+
+@pytest.mark.parametrize('module,args,expect', [
+    ('dense_ssl.convert', ['--workdir=/nowhere', '--out=/tmp/x.pth'],
+     'dense_ssl.convert: ERROR: flag --to=None: Flag --to must have a value other than None.'),
+    ('dense_ssl.evaluate', ['--data_dir=/nowhere', '--probe_stepz=3'],
+     "dense_ssl.evaluate: ERROR: Unknown command line flag 'probe_stepz'"),
+])
+def test_flag_errors_are_one_line_and_exit_2(module, args, expect):
+  """The convention of every entry point (data_pipeline/cli.py): a flag error is
+  `<tool>: ERROR: ... (--help lists the flags)` and exit status 2, nothing else."""
+  run = subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, capture_output=True,
+                       text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert run.returncode == 2, run.stderr
+  lines = run.stderr.splitlines()
+  assert len(lines) == 1 and lines[0].startswith(expect), run.stderr
+  assert lines[0].endswith('(--help lists the flags)')
 
 
 def test_main_bad_values_are_a_few_lines(data_dir, tmp_path):

@@ -63,4 +63,4 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
       [sys.executable, '-m', 'dense_ssl.flip_test', f'--workdir={tmp_path / "none"}',
        f'--data_dir={tmp_path}'], capture_output=True, text=True)
   assert run.returncode != 0
-  assert 'flip_test: error: --workdir=' in run.stderr and 'no checkpoints' in run.stderr
+  assert 'dense_ssl.flip_test: ERROR: --workdir=' in run.stderr and 'no checkpoints' in run.stderr

@@ -280,9 +280,9 @@ def test_killed_parent_leaves_no_workers_and_a_second_job_is_refused(tmp_path, c
   job.wait_for_progress()
   # While the first job holds the lock, a second one on the folder is refused.
   capsys.readouterr()
-  assert tpm.run(out, *LONG) == 2
+  assert tpm.run(out, *LONG) == 1
   err = capsys.readouterr().err.strip()
-  assert err.startswith(f'precompute_masks: error: --out_dir={out} is in use by another'
+  assert err.startswith(f'data_pipeline.precompute_masks: ERROR: --out_dir={out} is in use by another'
                         f' precompute (pid {job.proc.pid} on host {socket.gethostname()},')
   assert len(err.splitlines()) == 1
   workers = [p for p in children(job.proc.pid) if 'multiprocessing' in cmdline(p)
@@ -313,12 +313,12 @@ def test_lock_held_by_a_live_job_or_another_host_is_respected(tmp_path, capsys):
                                         'started': '2026-01-01T00:00:00+00:00', **kw}))
 
   hold()  # This process: alive.
-  assert tpm.run(out, *SMALL) == 2
+  assert tpm.run(out, *SMALL) == 1
   err = capsys.readouterr().err
   assert f'is in use by another precompute (pid {os.getpid()} on host {here}' in err
   assert 'wait for it to finish' in err
   hold(host='other-host', pid=1)
-  assert tpm.run(out, *SMALL) == 2
+  assert tpm.run(out, *SMALL) == 1
   err = capsys.readouterr().err
   assert 'pid 1 on host other-host' in err and f'delete {out / LOCK} and re-run' in err
   assert sorted(os.listdir(out)) == [LOCK]  # Nothing written.

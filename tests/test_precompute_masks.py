@@ -238,14 +238,14 @@ def test_resume_recomputes_only_missing_shard(tmp_path, capsys):
   # Different parameters into the same folder: refused, nothing touched.
   capsys.readouterr()
   assert run(out, f'--source=folder:{src}', '--fh_scales=200', '--fh_min_sizes=20',
-             '--num_shards=3') == 2
+             '--num_shards=3') == 1
   err = capsys.readouterr().err
   assert 'different parameters' in err and 'fh_s200_m20' in err
   assert {f: (out / f).read_bytes() for f in shard_files(out)} == before
   # A non-empty folder that is not ours: refused.
   (tmp_path / 'other').mkdir()
   (tmp_path / 'other' / 'x.txt').write_text('x')
-  assert run(tmp_path / 'other', *args) == 2
+  assert run(tmp_path / 'other', *args) == 1
   assert 'not empty' in capsys.readouterr().err
 
 
@@ -278,7 +278,7 @@ def test_record_format_versions(tmp_path, capsys):
   # Written by a newer dense_ssl: the precompute and the readers refuse it.
   newer = records.FORMAT_VERSION + 1
   (out / 'params.json').write_text(json.dumps(dict(params, format_version=newer)))
-  assert run(out, *args) == 2
+  assert run(out, *args) == 1
   err = capsys.readouterr().err
   assert f'params.json has record format version {newer}' in err, err
   (out / 'manifest.json').write_text(json.dumps(dict(manifest, format_version=newer)))
@@ -299,13 +299,13 @@ def test_flag_errors(tmp_path, capsys):
   src = photo_folder(str(tmp_path / 'images'), n=1)
   out = tmp_path / 'out'
   assert run(out, f'--source=folder:{src}', '--fh_scales=500,1000',
-             '--fh_min_sizes=500') == 2
+             '--fh_min_sizes=500') == 1
   assert '--fh_scales has 2 values' in capsys.readouterr().err
-  assert run(out, '--source=nonsense') == 2
+  assert run(out, '--source=nonsense') == 1
   assert 'folder:DIR, tfds:NAME:SPLIT' in capsys.readouterr().err
-  assert run(out, '--source=tfds:imagenet2012:train') == 2
+  assert run(out, '--source=tfds:imagenet2012:train') == 1
   assert 'needs --data_dir' in capsys.readouterr().err
-  assert run(out, f'--source=folder:{tmp_path}/missing') == 2
+  assert run(out, f'--source=folder:{tmp_path}/missing') == 1
   assert 'not a directory' in capsys.readouterr().err
   assert not out.exists()
 
@@ -383,7 +383,7 @@ def test_demo_appearance_is_part_of_the_run(tmp_path, capsys):
   from data_pipeline import demo_dataset
   out = tmp_path / 'out'
   assert run(out, '--source=demo', '--num_examples=2', '--image_size=64', *FAST,
-             '--demo_appearance=class_textures') == 2
+             '--demo_appearance=class_textures') == 1
   assert '--demo_appearance=\'class_textures\': choose one of random, class_texture' in (
       capsys.readouterr().err)
   assert not out.exists()
@@ -396,7 +396,7 @@ def test_demo_appearance_is_part_of_the_run(tmp_path, capsys):
     np.testing.assert_array_equal(pixels(exs[str(image_id)]), image)
     np.testing.assert_array_equal(exs[str(image_id)]['masks']['gt'], gt)
   # The default scenes are another run: refused in the same folder, not mixed in.
-  assert run(out, '--source=demo', '--num_examples=2', '--image_size=64', *FAST) == 2
+  assert run(out, '--source=demo', '--num_examples=2', '--image_size=64', *FAST) == 1
   assert 'different parameters' in capsys.readouterr().err
 
 
@@ -547,5 +547,5 @@ def test_tfds_source_keeps_bytes_and_reads_panoptic_gt(tmp_path, capsys):
   # Never downloads: an unprepared dataset is refused with what to run.
   capsys.readouterr()
   assert run(tmp_path / 'out3', f'--source=tfds:{name}:train',
-             f'--data_dir={tmp_path / "empty"}') == 2
+             f'--data_dir={tmp_path / "empty"}') == 1
   assert 'is not prepared' in capsys.readouterr().err

@@ -53,6 +53,7 @@ import time
 
 from data_pipeline.masks import plan as plan_lib
 from data_pipeline.masks import shards
+from data_pipeline.masks.errors import FlagError
 from data_pipeline.masks.errors import PrecomputeError
 
 try:
@@ -95,12 +96,12 @@ def pipeline_options(runner, beam_args):
       everything = options.get_all_options(drop_default=True, retain_unknown_options=True)
   except SystemExit:
     why = (usage.getvalue().strip().splitlines() or ['?'])[-1]
-    raise PrecomputeError(f'bad Beam pipeline option in {given}: {why}') from None
+    raise FlagError(f'bad Beam pipeline option in {given}: {why}') from None
   except Exception as e:  # pylint: disable=broad-except
-    raise PrecomputeError(f'bad Beam pipeline option: {e}') from None
+    raise FlagError(f'bad Beam pipeline option: {e}') from None
   unknown = sorted(set(everything) - set(known))
   if unknown:
-    raise PrecomputeError(
+    raise FlagError(
         f'unknown flag(s) {", ".join("--" + u for u in unknown)}: neither a'
         ' precompute_masks flag (see --help) nor an Apache Beam pipeline option')
   return options

@@ -2,7 +2,11 @@
 
 
 class PrecomputeError(Exception):
-  """The command cannot run as given; the message says what to change."""
+  """The command cannot run as given; the message says what to change (exit 1)."""
+
+
+class FlagError(PrecomputeError):
+  """The flags do not parse: an unknown flag or Beam pipeline option (exit 2)."""
 
 
 class ImageFailure(Exception):
