@@ -88,7 +88,9 @@ Bad inputs (empty, truncated or corrupt, not an image, smaller side below
 --min_image_size, more than --max_pixels, missing or misaligned user mask)
 are skipped, counted and listed in manifest.json with id, path and reason; the
 job goes on. A run in which every input failed exits with status 1 (the
-manifest, with the failures, is still written); usage errors exit with 2.
+manifest, with the failures, is still written), as does a refusal (a folder of
+another run, a source that cannot be read); flags that do not parse exit
+with 2 (data_pipeline/cli.py).
 
 On disk, parallelism and resume
 -------------------------------
