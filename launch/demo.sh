@@ -27,7 +27,7 @@ else
 fi
 
 echo "== 2/4 one batch rendered -> $OUT/batch.png"
-python -m data_pipeline.visualize --data_dir="$MASKS" --out="$OUT/batch.png" \
+python -m dense_ssl.visualize --data_dir="$MASKS" --out="$OUT/batch.png" \
   --mask=gt --num_examples=4 --image_size=128
 
 echo "== 3/4 DetCon-B pretraining (configs/detcon_b.py:demo) -> $WORKDIR"

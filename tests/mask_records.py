@@ -12,6 +12,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from data_pipeline import demo_dataset
 from data_pipeline import records
 from data_pipeline import tf_setup
 
@@ -90,7 +91,6 @@ def demo_class_examples(num_examples, *, size=64, first_index=0, seed=0):
   Class ids as data_pipeline/demo_dataset.py defines them: 0 background,
   1 + the object's shape kind (1 ellipse .. 5 star).
   """
-  from data_pipeline import demo_dataset  # pylint: disable=g-import-not-at-top
   examples = []
   for i in range(first_index, first_index + num_examples):
     image, gt, kinds = demo_dataset.generate_scene_with_classes(i, seed, size)
@@ -112,6 +112,7 @@ def write_demo_class_dataset(out_dir, *, num_examples, size=64, split='train',
                                    seed=seed),
       num_shards=num_shards, split=split, write_manifest=False)
   manifest['source'] = f'demo(seed={seed}, size={size})'
+  manifest['class_names'] = list(demo_dataset.CLASS_NAMES)
   with open(os.path.join(out_dir, 'manifest.json'), 'w') as f:
     json.dump(manifest, f, indent=1)
   return manifest

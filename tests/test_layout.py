@@ -82,6 +82,27 @@ def test_the_cycle_finder_finds_a_cycle():
   assert _cycles({'a': {'b'}, 'b': {'c'}, 'c': {'a'}, 'd': {'a'}}) == [['a', 'b', 'c']]
 
 
+# The layers, lowest first: a module may import its own layer and those below.
+LAYERS = ('data_pipeline', 'dense_ssl', 'configs', 'benchmarks')
+
+
+def _upward_imports(graph):
+  rank = lambda m: LAYERS.index(m.split('.')[0])
+  return sorted((a, b) for a, deps in graph.items() for b in deps if rank(b) > rank(a))
+
+
+def test_no_import_from_a_lower_layer_to_a_higher_one():
+  """data_pipeline (records, masks, tf.data) imports nothing of dense_ssl
+  (the model, the trainer, the tools on top); lazy imports count too."""
+  assert _upward_imports(_import_graph(_modules())) == []
+
+
+def test_the_layer_check_finds_an_upward_import():
+  graph = {'data_pipeline.visualize': {'dense_ssl.ops.color'}, 'dense_ssl.train':
+           {'data_pipeline.input_pipeline'}, 'configs.byol': {'dense_ssl.objectives'}}
+  assert _upward_imports(graph) == [('data_pipeline.visualize', 'dense_ssl.ops.color')]
+
+
 def test_one_method_class():
   found = []
   for path in _modules().values():

@@ -391,6 +391,8 @@ def test_demo_appearance_is_part_of_the_run(tmp_path, capsys):
              '--demo_appearance=class_texture') == 0
   manifest, exs = read_dataset(out)
   assert 'appearance=class_texture' in manifest['source']
+  # The class map's names travel with the data (dense_ssl.evaluate reads them).
+  assert manifest['class_names'] == list(demo_dataset.CLASS_NAMES)
   for image_id, image, gt, _ in demo_dataset.iterate_scenes(
       2, size=64, classes=True, appearance='class_texture'):
     np.testing.assert_array_equal(pixels(exs[str(image_id)]), image)

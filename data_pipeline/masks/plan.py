@@ -428,6 +428,9 @@ def build_manifest(plan, sidecars, *, parameters, timing, runner='local', partia
       'parameters': parameters,
       'num_examples': sum(s['num_examples'] for s in all_shards),
       'mask_names': list(plan.mask_names),
+      # Names of the class map's ids (index = id), where the source has them.
+      **({'class_names': list(plan.source.class_names)}
+         if plan.source.class_names and plan.source.has_classes else {}),
       'fh': plan.fh_entries,
       'shards': [_shard_entry(s) for s in all_shards],
       # The largest id of any stored label map (None if a shard predates it).

@@ -37,6 +37,7 @@ class Source:
   num_items: int
   has_gt: bool
   has_classes: bool = False    # a semantic class map next to GT (records.CLASS_MASK)
+  class_names: tuple = ()      # the class map's names, index = id (manifest 'class_names')
   root: str = ''               # folder
   builder_dir: str = ''        # tfds: the prepared, versioned dataset folder
   tfds_name: str = ''
@@ -185,7 +186,8 @@ def open_source(spec, *, data_dir=None, num_examples=None, demo_seed=0,
     if demo_appearance != 'random':
       where += f', appearance={demo_appearance}'
     src = Source('demo', f'demo(seed={demo_seed}, size={image_size}{where})', n, True,
-                 has_classes=True, demo_seed=demo_seed, image_size=image_size,
+                 has_classes=True, class_names=tuple(demo_dataset.CLASS_NAMES),
+                 demo_seed=demo_seed, image_size=image_size,
                  demo_first_index=first, demo_appearance=demo_appearance)
   else:
     raise PrecomputeError(f'--source={spec!r}: use folder:DIR, tfds:NAME:SPLIT'

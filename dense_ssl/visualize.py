@@ -1,9 +1,9 @@
 """Draws a batch of the real input pipeline to a PNG, to check it by eye.
 
-  python -m data_pipeline.visualize --data_dir=DIR --out=batch.png \
+  python -m dense_ssl.visualize --data_dir=DIR --out=batch.png \
       [--mask=fh --fh_scale=1000 --num_examples=4 --seed=0 --image_size=128]
 
-  python -m data_pipeline.visualize --data_dir=DIR --out=multicrop.png \
+  python -m dense_ssl.visualize --data_dir=DIR --out=multicrop.png \
       --num_local_crops=4 --local_crop_size=64
 
 One row per example: the original image with both crop windows (and the
@@ -29,6 +29,7 @@ from data_pipeline import input_pipeline
 from data_pipeline import records
 from data_pipeline import tf_setup
 from data_pipeline import view_config
+from dense_ssl.ops import color
 
 tf = tf_setup.hide_accelerators()
 
@@ -127,7 +128,6 @@ def main(argv):
                                             start_step=_STEP.value, with_metadata=True)
   batch = {k: v[0] for k, v in next(ds.as_numpy_iterator()).items()}
   # The colour recipe as the training step applies it, on the uint8 views.
-  from dense_ssl.ops import color  # pylint: disable=g-import-not-at-top
   views = {k: v for k, v in batch.items() if not k.startswith('meta/')}
   views = color.augment_views(views, seed=_SEED.value, step=_STEP.value, data_config=cfg,
                               axis_name=None)
