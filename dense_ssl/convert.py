@@ -128,10 +128,8 @@ def convert(workdir: str, to: str, out: str, *, step: Optional[int] = None,
     config = checkpoint.read_config(workdir)
   except checkpoint.CheckpointError as e:
     raise ConversionError(str(e)) from e
-  for bad, reason in encoder.skipped:
-    log(f'dense_ssl.convert: step {bad} cannot be restored ({reason}); using '
-        f'step {encoder.step}, the newest checkpoint that restores (--step=N to '
-        'choose; the trainer moves damaged steps aside when it resumes).')
+  for line in checkpoint.fallback_lines(encoder):
+    log(f'{PROG}: {line}')
   declared = conversion.declared_architecture(config, workdir)
   if declared is None:
     log(f'note: {workdir}/config.json has no model.depth: the architecture '

@@ -49,6 +49,7 @@ import time
 from typing import Any, Dict, Optional, Sequence
 
 from absl import flags
+from absl import logging
 
 from data_pipeline import tf_setup
 from dense_ssl import cli
@@ -124,8 +125,14 @@ def make_mesh(devices=None):
 
 
 def build_encoder(*, workdir=None, init='checkpoint', network='online', step=None,
-                  depth=None, width_multiplier=None, seed=0, image_size=224):
+                  depth=None, width_multiplier=None, seed=0, image_size=224,
+                  log=None):
   """(model, variables, info): the frozen encoder and where it came from.
+
+  The one encoder loader of the tools that read a checkpoint (evaluate,
+  flip_test, benchmarks). A fall back past damaged steps (the latest
+  truncated, say) goes to `log` in checkpoint.fallback_lines' words and into
+  info['skipped_steps'].
 
   init='checkpoint' restores `network` of `step` (latest if None) from
   workdir; 'random' initialises ResNet(depth, width) with PRNGKey(seed) folded
@@ -143,12 +150,15 @@ def build_encoder(*, workdir=None, init='checkpoint', network='online', step=Non
     if not workdir:
       raise ProbeError('--workdir is required (or --init=random with --depth).')
     encoder = checkpoint.restore_encoder(workdir, step, network)
+    for line in checkpoint.fallback_lines(encoder):
+      (log or logging.warning)(line)
     if model_cfg.get('depth') is None:
       raise ProbeError(f'{workdir}/config.json has no model.depth: cannot build '
                        'the encoder')
     depth, width = model_cfg['depth'], model_cfg.get('width_multiplier', 1)
     variables = {'params': encoder.params, 'batch_stats': encoder.batch_stats}
-    info = dict(init='checkpoint', network=network, step=int(encoder.step))
+    info = dict(init='checkpoint', network=network, step=int(encoder.step),
+                skipped_steps=[int(s) for s, _ in encoder.skipped])
   elif init == 'random':
     if depth is None:
       raise ProbeError('--init=random needs the ResNet size: --depth (and '
@@ -410,23 +420,6 @@ def default_out(workdir, feature, network):
   return os.path.join(workdir, f'probe_{feature}_{network}.json')
 
 
-def dataset_class_names(data_dir, split):
-  """Class names (index = id) a split's manifest gives, the demo's for demo
-  data (demo_dataset.CLASS_NAMES), else None."""
-  from data_pipeline import eval_input  # pylint: disable=g-import-not-at-top
-  names = eval_input.class_names(data_dir, split)
-  if names is None:
-    try:
-      _, manifest = eval_input.split_files(data_dir, split)
-    except (ValueError, OSError):
-      manifest = None
-    if str((manifest or {}).get('source', '')).startswith('demo'):
-      from data_pipeline import demo_dataset  # pylint: disable=g-import-not-at-top
-      names = list(getattr(demo_dataset, 'CLASS_NAMES',
-                           ('background',) + demo_dataset.SHAPES))
-  return names
-
-
 def evaluate_probe(*, data_dir: str, workdir: Optional[str] = None, feature: str = 'c4',
                    network: str = 'online', init: str = 'checkpoint',
                    step: Optional[int] = None, train_split: str = 'train',
@@ -438,7 +431,7 @@ def evaluate_probe(*, data_dir: str, workdir: Optional[str] = None, feature: str
                    max_train_images: Optional[int] = None,
                    max_eval_images: Optional[int] = None,
                    out: Optional[str] = None, devices: Optional[Sequence[Any]] = None,
-                   write: bool = True) -> Dict[str, Any]:
+                   write: bool = True, log=None) -> Dict[str, Any]:
   """The frozen-feature dense probe of one encoder (module docstring).
 
   Returns the result dict that is written as JSON to `out` (default
@@ -464,7 +457,7 @@ def evaluate_probe(*, data_dir: str, workdir: Optional[str] = None, feature: str
     eval_input.check_class_map(d, s, files, manifest)
   model, variables, info = build_encoder(
       workdir=workdir, init=init, network=network, step=step, depth=depth,
-      width_multiplier=width_multiplier, seed=seed, image_size=image_size)
+      width_multiplier=width_multiplier, seed=seed, image_size=image_size, log=log)
   read = dict(image_size=image_size, batch_size=batch_size, crop=crop)
   train_feats, train_labels = extract_features(
       model, variables, eval_input.iterate_split(data_dir, train_split,
@@ -475,7 +468,7 @@ def evaluate_probe(*, data_dir: str, workdir: Optional[str] = None, feature: str
                                                  max_examples=max_eval_images, **read),
       feature, mesh, batch_size)
   extract_s = time.perf_counter() - t_start
-  names = dataset_class_names(eval_data_dir, eval_split)
+  names = eval_input.class_names(eval_data_dir, eval_split)
   if num_classes is None and names is not None:
     num_classes = len(names)  # the dataset's classes, even if some are absent
   result = probe_features(train_feats, train_labels, eval_feats, eval_labels,
@@ -552,7 +545,8 @@ def main(argv=None):
         learning_rate=_LR.value, seed=_SEED.value, ignore_index=_IGNORE.value,
         num_classes=_NUM_CLASSES.value, depth=_DEPTH.value,
         width_multiplier=_WIDTH.value, max_train_images=_MAX_TRAIN.value,
-        max_eval_images=_MAX_EVAL.value, out=_OUT.value)
+        max_eval_images=_MAX_EVAL.value, out=_OUT.value,
+        log=lambda line: print(f'{PROG}: {line}', file=sys.stderr, flush=True))
   # CheckpointError is a RuntimeError; EvalDataError and ProbeError ValueErrors;
   # a damaged shard a tf.errors.DataLossError (an OpError).
   except (RuntimeError, ValueError, OSError, tf.errors.OpError) as e:

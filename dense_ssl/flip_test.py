@@ -98,20 +98,11 @@ def run(workdir, data_dir, *, step=None, network='online', feature='c5',
   """Returns dict(accuracy, mean_cell_error, chance, grid, step, num_images)."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from dense_ssl import checkpoint  # pylint: disable=g-import-not-at-top
-  from dense_ssl.models import resnet  # pylint: disable=g-import-not-at-top
-  encoder = checkpoint.restore_encoder(workdir, step, network)
-  for bad, reason in encoder.skipped:  # A damaged latest checkpoint: say so.
-    print(f'flip_test: step {bad} cannot be restored ({reason}); using step '
-          f'{encoder.step}, the newest checkpoint that restores (--step=N to choose)',
-          file=sys.stderr)
-  model_config = (checkpoint.read_config(workdir) or {}).get('model') or {}
-  if model_config.get('depth') is None:
-    raise ValueError(f'{workdir}/config.json has no model.depth: cannot build the encoder')
-  model = resnet.ResNet(depth=model_config['depth'],
-                        width_multiplier=model_config.get('width_multiplier', 1),
-                        bn_axis_name=None)
-  variables = {'params': encoder.params, 'batch_stats': encoder.batch_stats}
+  from dense_ssl import evaluate  # pylint: disable=g-import-not-at-top
+  # The tools' one encoder loader; a fall back past a damaged step is said on stderr.
+  model, variables, info = evaluate.build_encoder(
+      workdir=workdir, network=network, step=step,
+      log=lambda line: print(f'{PROG}: {line}', file=sys.stderr, flush=True))
   forward = jax.jit(lambda x: model.apply(variables, x, train=False)[feature])
   feats_a, feats_b, batch = [], [], []
 
@@ -134,7 +125,7 @@ def run(workdir, data_dir, *, step=None, network='online', feature='c5',
   acc, err = correspondence_accuracy(a, b)
   h, w = a.shape[1:3]
   return dict(accuracy=acc, mean_cell_error=err, chance=1.0 / (h * w), grid=[h, w],
-              step=encoder.step, num_images=int(a.shape[0]), feature=feature, network=network)
+              step=info['step'], num_images=int(a.shape[0]), feature=feature, network=network)
 
 
 def main(argv=None):

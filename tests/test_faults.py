@@ -245,6 +245,15 @@ def test_converter_skips_a_damaged_latest_checkpoint_in_one_line(three_steps, tm
   assert 'using step 2, the newest checkpoint that restores' in said[0]
   assert 'online encoder of step 2' in run.stdout
   assert 'Traceback' not in run.stderr and 'Event loop is closed' not in run.stderr
+  # The other tools' one encoder loader (dense_ssl.evaluate, .flip_test) says
+  # the same, in the same words (it used to fall back silently).
+  from dense_ssl import evaluate  # pylint: disable=g-import-not-at-top
+  lines = []
+  _, _, info = evaluate.build_encoder(workdir=workdir, log=lines.append)
+  assert info['step'] == 2 and info['skipped_steps'] == [3]
+  # (Which array's read fails first varies from run to run: not compared.)
+  unnamed = lambda l: re.sub(r'reading array \S+', 'reading array A', l)
+  assert [unnamed('dense_ssl.convert: ' + l) for l in lines] == [unnamed(l) for l in said]
   # --step chooses; the damaged one asked for by name is one line.
   run = convert_cli(f'--workdir={workdir}', f'--out={out}', '--step=3', *common)
   assert run.returncode == 1
