@@ -27,11 +27,11 @@ import math
 import numpy as np
 
 from data_pipeline import tf_setup
+from data_pipeline import view_config
 
 tf = tf_setup.hide_accelerators()
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = view_config.IMAGENET_MEAN, view_config.IMAGENET_STD
 
 
 def split_seed(seed, num):

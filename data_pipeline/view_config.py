@@ -8,6 +8,10 @@ keys with the same defaults and the same per-view checks.
 import dataclasses
 
 VIEW_MODES = ('crop', 'color_only')
+# Every view is normalised with ImageNet's per-channel statistics (of RGB in
+# [0, 1]), on the host (augment.normalize) or in the step (ops/color.py).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 MASK_KINDS = ('fh', 'gt', 'user', 'grid')
 COLOR_ON = ('host', 'device')
 

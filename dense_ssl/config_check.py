@@ -32,7 +32,7 @@ from dense_ssl.objectives.base import check
 from dense_ssl.objectives.base import is_number
 
 DTYPES = ('float32', 'bfloat16', 'float16')
-C5_STRIDE = 32
+C5_STRIDE = resnet.C5_STRIDE
 
 
 class ConfigError(ValueError):

@@ -196,13 +196,8 @@ def example_rngs(rng, batch_size):
 def gather_replicated(x, axis_name=AXIS):
   """all_gather (tiled) whose result is typed as replicated over the axis.
 
-  `lax.all_gather`'s output counts as device-varying under shard_map, so it
-  cannot become replicated state (MoCo's queue). Each device writes its rows
-  into a zero [D * B, ...] buffer and a psum adds them: the same values, as
-  an all-reduce of a D-times larger buffer (fine for a batch of keys).
+  Plain `lax.all_gather`'s output counts as device-varying under shard_map,
+  so it cannot become replicated state (MoCo's queue); `to='invarying'`
+  types it as the same on every device (one all-gather, no all-reduce).
   """
-  n = jax.lax.psum(1, axis_name)
-  b = x.shape[0]
-  buf = jnp.zeros((n * b,) + x.shape[1:], x.dtype)
-  buf = jax.lax.dynamic_update_slice_in_dim(buf, x, jax.lax.axis_index(axis_name) * b, 0)
-  return jax.lax.psum(buf, axis_name)
+  return jax.lax.all_gather(x, axis_name, tiled=True, to='invarying')

@@ -25,10 +25,11 @@ import jax
 import jax.numpy as jnp
 
 from dense_ssl.losses import detcon as detcon_losses
+from dense_ssl.models import resnet
 from dense_ssl.objectives import base
 from dense_ssl.ops import mask_pool as mp
 
-C5_STRIDE = 32
+C5_STRIDE = resnet.C5_STRIDE
 MASK_KINDS = ('fh', 'gt', 'user', 'grid')  # config.data.mask (input_pipeline)
 
 

@@ -34,11 +34,12 @@ import jax
 import jax.numpy as jnp
 
 from dense_ssl.losses import scrl as scrl_losses
+from dense_ssl.models import resnet
 from dense_ssl.objectives import base
 from dense_ssl.ops import geometry
 from dense_ssl.ops import roi
 
-C5_STRIDE = 32
+C5_STRIDE = resnet.C5_STRIDE
 
 
 def default_config(preset):

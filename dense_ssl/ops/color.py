@@ -69,8 +69,7 @@ import jax.numpy as jnp
 
 from data_pipeline import view_config
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = view_config.IMAGENET_MEAN, view_config.IMAGENET_STD
 
 # Folded into every colour key first, so colour draws never coincide with
 # other streams derived from the same config seed (parameter init, ...).
@@ -381,7 +380,7 @@ def augment_views(batch, *, seed, step, data_config, axis_name='batch'):
   applied and normalised on the host) pass through. Masks become int32.
   axis_name: the mapped axis (inside shard_map: global index = device offset
   + position), or None outside it (a whole global batch: index = position;
-  data_pipeline/visualize.py). Returns a new dict.
+  dense_ssl/visualize.py). Returns a new dict.
   """
   out = dict(batch)
   k = 0
