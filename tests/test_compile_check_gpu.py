@@ -5,7 +5,7 @@
 Needs the CUDA plugin's compiler (requirements-gpu-compile.txt), which
 launch/test.sh installs into .venv/gpu_compiler and names in
 DENSE_SSL_GPU_COMPILER; no GPU and no CUDA libraries. One real compile (the
-test preset's DetCon-B step for 8 H100s, plus its FLOPs on one CPU, ~90 s).
+test preset's DetCon-B step for 8 H100s, plus its FLOPs lowered for one CPU).
 """
 
 import json

@@ -125,16 +125,8 @@ def one_step(config, batch, num_devices):
 
 # ------------------------------------------- the whole trainer, real data ---
 
-# BYOL's real step: test_workdir_of_another_run_is_refused (and test_faults').
-def test_one_real_step_of_simclr(data_dir, tmp_path):
-  name = 'simclr'
-  config = make_config(name, data_dir, total_steps=1)
-  out = train.train_and_evaluate(config, str(tmp_path))
-  assert out['finished'] and out['step'] == 1
-  assert np.isfinite(out['metrics']['train/loss'])
-  assert os.path.isdir(tmp_path / 'checkpoints' / '1')
-  with open(tmp_path / 'config.json') as f:
-    assert json.load(f)['name'] == name
+# Real steps: BYOL's in test_workdir_of_another_run_is_refused (and
+# test_faults'), SimCLR's (one network, colour on the host) in the NaN test.
 
 
 def test_kill_and_resume_is_exact(data_dir, tmp_path, caplog):
@@ -194,10 +186,11 @@ def test_kill_and_resume_is_exact(data_dir, tmp_path, caplog):
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path,
                                                               monkeypatch):
-  # Colour on the host (the other data.color_on path, through the trainer):
-  # float views from the start, so the NaN batch below runs the same step
-  # program (uint8 views would compile a second one for it).
-  config = make_config('byol', data_dir, total_steps=5, ckpt_every_steps=1,
+  """SimCLR's real steps (one network, no target), colour on the host (the
+  other data.color_on path, through the trainer): float views from the
+  start, so the NaN batch below runs the same step program (uint8 views
+  would compile a second one for it)."""
+  config = make_config('simclr', data_dir, total_steps=5, ckpt_every_steps=1,
                        **{'data.color_on': 'host'})
   real = train.global_batch
   calls = []
@@ -216,6 +209,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path
     train.train_and_evaluate(config, str(tmp_path))
   steps = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints') if s.isdigit())
   assert steps[-1] == 2
+  with open(tmp_path / 'config.json') as f:
+    assert json.load(f)['name'] == 'simclr'
 
 
 def test_workdir_of_another_run_is_refused(data_dir, tmp_path):
