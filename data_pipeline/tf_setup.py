@@ -33,6 +33,9 @@ def _quiet_import():
   """Imports tensorflow with the native stderr captured; re-emits what is not noise."""
   if 'tensorflow' in sys.modules:
     return sys.modules['tensorflow']
+  # TF's runtime INFO lines ("TFRecordDataset `buffer_size` is unspecified",
+  # one per dataset) are off unless asked for; its warnings and errors stay.
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
   sys.stderr.flush()
   saved = os.dup(2)
   with tempfile.TemporaryFile(mode='w+b') as captured:

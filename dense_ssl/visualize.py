@@ -22,6 +22,7 @@ import colorsys
 
 from absl import app
 from absl import flags
+from absl import logging
 import numpy as np
 
 from data_pipeline import augment
@@ -108,6 +109,9 @@ def find_originals(data_dir, ids, limit=20000):
 
 def main(argv):
   del argv
+  # Warnings only: app.run logs INFO, where JAX reports each platform it
+  # probes and does not find ("Unable to initialize backend 'tpu'").
+  logging.set_verbosity(logging.WARNING)
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
