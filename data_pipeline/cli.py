@@ -40,7 +40,13 @@ def fail(prog, message, code=FAILURE):
 
 
 def usage_message(message):
-  return f'{message} (--help lists the flags)'
+  """One line: absl lists several missing required flags on lines of their own."""
+  text = '; '.join(l.strip() for l in str(message).splitlines() if l.strip())
+  return f'{text} (--help lists the flags)'
+
+
+def wants_help(argv):
+  return any(a in HELP or a == '--helpshort' for a in list(argv)[1:])
 
 
 def usage_error(prog, message):
@@ -56,7 +62,7 @@ def parse(flag_values, argv, prog, doc, *, known_only=False):
   remaining args (precompute_masks passes them to Beam).
   """
   argv = list(sys.argv if argv is None else argv)
-  if any(a in HELP for a in argv[1:]):
+  if wants_help(argv):
     print(doc)
     print(flag_values.get_help())
     return None, 0
@@ -78,6 +84,9 @@ def flags_parser(prog, flag_values=None):
   flag_values = flag_values or flags.FLAGS
 
   def parse_flags(argv):
+    if wants_help(argv):   # absl's own --help exits 1; help is not an error.
+      print(flag_values.main_module_help())
+      sys.exit(0)
     try:
       rest = flag_values(argv)
     except flags.Error as e:

@@ -20,6 +20,7 @@ from data_pipeline import cli as _convention
 fail = _convention.fail
 flags_parser = _convention.flags_parser
 usage_error = _convention.usage_error
+wants_help = _convention.wants_help
 USAGE = _convention.USAGE
 
 
@@ -54,13 +55,12 @@ def config_flags_parser(prog, config_flag, flag_values=None):
   def parse_flags(argv):
     verbose = any(a in ('--verbose', '--verbose=true', '--verbose=True', '--verbose=1')
                   for a in argv)
+    if _convention.wants_help(argv):   # absl's own --help exits 1.
+      print((flag_values if own else flags.FLAGS).main_module_help())
+      sys.exit(0)
     try:
       if own:
-        rest = flag_values(argv, known_only=True)
-        if {'-h', '--help', '--helpshort', '--helpfull'} & set(rest[1:]):
-          print(flag_values.main_module_help())
-          sys.exit(0)
-        rest = flags.FLAGS(rest)
+        rest = flags.FLAGS(flag_values(argv, known_only=True))
       else:
         rest = flags.FLAGS(argv)
       try:  # A config file that fails to load is only reported on first use.

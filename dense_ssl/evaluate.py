@@ -522,6 +522,9 @@ def evaluate_probe(*, data_dir: str, workdir: Optional[str] = None, feature: str
 
 def main(argv=None):
   argv = sys.argv if argv is None else argv
+  if cli.wants_help(argv):
+    print(FLAGS.main_module_help())
+    sys.exit(0)
   try:
     rest = FLAGS(argv)
     if len(rest) > 1:

@@ -28,9 +28,9 @@ from absl import flags
 from data_pipeline import tf_setup
 from dense_ssl import cli
 
+PROG = 'dense_ssl.flip_test'
 # A private flag set: its --workdir etc. cannot clash with absl flags that
 # other modules define in the same process.
-PROG = 'dense_ssl.flip_test'
 FLAGS = flags.FlagValues()
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (checkpoints).',
@@ -130,6 +130,9 @@ def run(workdir, data_dir, *, step=None, network='online', feature='c5',
 
 def main(argv=None):
   argv = sys.argv if argv is None else argv
+  if cli.wants_help(argv):
+    print(FLAGS.main_module_help())
+    sys.exit(0)
   try:
     rest = FLAGS(argv)
     if len(rest) > 1:

@@ -67,8 +67,8 @@ def main(argv):
   wanted = _TAGS.value or ['loss']
   tags = sorted(t for t in series if any(w in t for w in wanted))
   if not tags:
-    cli.usage_error(PROG, f'--tags={",".join(wanted)}: no scalar tag matches; '
-                    f'available: {", ".join(sorted(series))}')
+    cli.fail(PROG, f'--tags={",".join(wanted)}: no scalar tag matches; '
+             f'available: {", ".join(sorted(series))}')
   plot(series, tags, _OUT.value)
   for tag in tags:
     first, last = series[tag][0], series[tag][-1]

@@ -340,6 +340,18 @@ def test_flag_errors_are_one_line_and_exit_2(module, args, expect):
   assert lines[0].endswith('(--help lists the flags)')
 
 
+@pytest.mark.parametrize('module,flag', [('dense_ssl.evaluate', '--data_dir'),
+                                         ('dense_ssl.compile_check', '--accelerator')])
+def test_help_exits_0_and_lists_the_flags(module, flag):
+  """--help is not an error, also where required flags are missing (a tool's own
+  FlagValues: evaluate's; compile_check's, parsed before absl's)."""
+  run = subprocess.run([sys.executable, '-m', module, '--help'], cwd=REPO,
+                       capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert run.returncode == 0, run.stderr
+  assert flag in run.stdout and 'ERROR' not in run.stderr
+
+
 def test_main_bad_values_are_a_few_lines(data_dir, tmp_path):
   run = main_cli('--config=configs/detcon_b.py:test', f'--workdir={tmp_path}/run',
                  f'--config.data.dir={data_dir}', '--config.optimizer.base_lr=-0.5',
