@@ -230,15 +230,19 @@ def write_split(out_dir, split, num_scenes, seed=0, size=demo_dataset.DEFAULT_SI
 
 
 def main(argv=None):
-  """The command line; returns the exit status (0 ok, 2 flag errors)."""
+  """The command line; returns the exit status (0 ok, 1 values refused, 2 flag errors)."""
   rest, status = cli.parse(FLAGS, argv, PROG, __doc__)
   if rest is None:
     return status
-  problems = []
+  usage = []
   if len(rest) > 1:
-    problems.append(f'unexpected arguments {rest[1:]}')
+    usage.append(f'unexpected arguments {rest[1:]}')
   if not FLAGS.out_dir:
-    problems.append('--out_dir is required')
+    usage.append('--out_dir is required')
+  if usage:
+    cli.error(PROG, cli.usage_message('; '.join(usage)))
+    return cli.USAGE
+  problems = []
   for name in ('num_train', 'num_val'):
     if FLAGS[name].value < 1:
       problems.append(f'--{name}={FLAGS[name].value} must be >= 1')
@@ -248,8 +252,8 @@ def main(argv=None):
   if not 1 <= FLAGS.jpeg_quality <= 100:
     problems.append(f'--jpeg_quality={FLAGS.jpeg_quality} must be in 1..100')
   if problems:
-    cli.error(PROG, cli.usage_message('; '.join(problems)))
-    return cli.USAGE
+    cli.error(PROG, '; '.join(problems))
+    return cli.FAILURE
   start = time.time()
   for split, n in (('train2017', FLAGS.num_train), ('val2017', FLAGS.num_val)):
     images, instances = write_split(FLAGS.out_dir, split, n, FLAGS.seed,

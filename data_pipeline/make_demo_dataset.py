@@ -90,7 +90,7 @@ def write_folder(out_dir, num_examples, seed=0, size=demo_dataset.DEFAULT_SIZE,
 
 
 def main(argv=None):
-  """The command line; returns the exit status (0 ok, 2 flag errors)."""
+  """The command line; returns the exit status (0 ok, 1 values refused, 2 flag errors)."""
   rest, status = cli.parse(FLAGS, argv, PROG, __doc__)
   if rest is None:
     return status
@@ -99,11 +99,12 @@ def main(argv=None):
     problem = f'unexpected arguments {rest[1:]}'
   elif not FLAGS.out_dir:
     problem = '--out_dir is required'
-  elif FLAGS.first_index < 0:
-    problem = f'--first_index={FLAGS.first_index} must be >= 0'
   if problem:
     cli.error(PROG, cli.usage_message(problem))
     return cli.USAGE
+  if FLAGS.first_index < 0:
+    cli.error(PROG, f'--first_index={FLAGS.first_index} must be >= 0')
+    return cli.FAILURE
   start = time.time()
   written, kept = write_folder(FLAGS.out_dir, FLAGS.num_examples, FLAGS.seed,
                                FLAGS.image_size, FLAGS.format, FLAGS.first_index)

@@ -98,6 +98,9 @@ def test_cli_writes_a_folder_that_reads_back_identically(tmp_path, capsys):
   assert '1 written, 5 already there' in capsys.readouterr().out
   assert sorted(os.listdir(out / 'images')) == [f'demo_{i:06d}.png' for i in range(6)]
   assert make_demo_dataset.main(['make_demo_dataset']) == 2  # No --out_dir.
+  capsys.readouterr()
+  assert make_demo_dataset.main(argv[:2] + ['--first_index=-1']) == 1   # Refused value.
+  assert '--first_index=-1 must be >= 0' in capsys.readouterr().err
   # Held-out scenes: another index range, other files.
   assert make_demo_dataset.main(argv[:2] + ['--num_examples=2', '--first_index=1000000',
                                             '--seed=1', '--image_size=64']) == 0
