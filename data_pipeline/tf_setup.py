@@ -13,7 +13,8 @@ import tempfile
 
 # What TensorFlow's native libraries print on import, before any logging
 # setting can apply (its C++ logging is absl's, uninitialised at import, so
-# TF_CPP_MIN_LOG_LEVEL does not reach these lines in TF 2.19/2.20): the
+# TF_CPP_MIN_LOG_LEVEL does not reach these lines from TF 2.19 on; 2.21 is
+# pinned): the
 # oneDNN notice (an INFO line, twice: two libraries), absl's note that it is
 # uninitialised, and the CUDA stubs' "no driver" notices on a CPU host.
 # Anything else it prints (a real warning or error) is passed on.
@@ -29,8 +30,9 @@ _IMPORT_NOISE = re.compile(
     r'|To enable the following instructions: .* rebuild TensorFlow')
 
 
-def _quiet_import():
-  """Imports tensorflow with the native stderr captured; re-emits what is not noise."""
+def import_tensorflow():
+  """The tensorflow module, imported with the native stderr captured: the
+  start-up notices above are dropped, anything else is passed on."""
   if 'tensorflow' in sys.modules:
     return sys.modules['tensorflow']
   # TF's runtime INFO lines ("TFRecordDataset `buffer_size` is unspecified",
@@ -55,18 +57,13 @@ def _quiet_import():
   return tf
 
 
-def import_tensorflow():
-  """The tensorflow module, imported without its native start-up notices."""
-  return _quiet_import()
-
-
 @functools.cache
 def hide_accelerators():
   """Hides GPUs/TPUs from TensorFlow so that JAX owns all accelerator memory.
 
   Call before TF builds any op. Returns the tensorflow module for convenience.
   """
-  tf = _quiet_import()
+  tf = import_tensorflow()
   for kind in ('GPU', 'TPU'):
     try:
       tf.config.set_visible_devices([], kind)

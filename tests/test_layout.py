@@ -103,6 +103,22 @@ def test_the_layer_check_finds_an_upward_import():
   assert _upward_imports(graph) == [('data_pipeline.visualize', 'dense_ssl.ops.color')]
 
 
+def test_tensorflow_is_imported_only_through_tf_setup():
+  """The first import of TensorFlow is the quiet one wherever it happens
+  (data_pipeline/tf_setup.py): no other module imports it itself."""
+  found = []
+  for name, path in _modules().items():
+    if name == 'data_pipeline.tf_setup':
+      continue
+    with open(path) as f:
+      for node in ast.walk(ast.parse(f.read())):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                 [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+        if any(n == 'tensorflow' or n.startswith('tensorflow.') for n in names):
+          found.append(name)
+  assert found == []
+
+
 def test_one_method_class():
   found = []
   for path in _modules().values():
