@@ -23,14 +23,19 @@ that reads fine but does not fit this run's TrainState (another optimiser,
 another method) is not damaged: that is `RunMismatchError`, and
 `config_differences` says which config keys differ from config.json.
 
-Tools that read a finished run (dense_ssl.convert, dense_ssl.flip_test) need no
-model: `restore_encoder` restores the state's raw tree and takes the encoder
-from where the TrainState always keeps it:
+Tools that read a finished run (dense_ssl.convert, .evaluate, .flip_test)
+need no model: `restore_encoder` restores the state's raw tree and takes the
+encoder from where the TrainState always keeps it (a damaged latest step is
+skipped; every tool says so in `fallback_lines`' words):
   online_params['encoder'], online_batch_stats['encoder']   the online network
   target_params['encoder'], target_batch_stats['encoder']   the EMA target
                                            (empty dicts: the method has none)
   online_params['fpn'], target_params['fpn']                ReSim-FPN's FPN
                                            (params only: it has no BN)
+
+The jobs, one module each: layout.py (paths, errors), manager.py (the
+trainer's saves and fall back), damage.py (what is damaged, in one line),
+run_config.py (config.json), encoder.py (the tools' restore).
 """
 
 from dense_ssl.checkpoint.damage import describe_restore_failure

@@ -265,8 +265,8 @@ def color_jitter(image, key, *, brightness=0.4, contrast=0.4, saturation=0.2,
 
   # A loop, not four unrolled positions: the program holds each op once
   # instead of four times (the hue conversion is the costly one), which
-  # halves the compile time of a training step with colour on the device
-  #; the same ops run in the same order.
+  # about halves the colour recipe's share of a step's compile (a test-preset
+  # step: 10.4 -> 8.1 s; 5.7 s without device colour); same ops, same order.
   return jax.lax.fori_loop(0, 4, position, image)
 
 
