@@ -131,7 +131,8 @@ def one_step(config, batch, num_devices):
 
 def test_kill_and_resume_is_exact(data_dir, tmp_path, caplog):
   """Every dense objective composed on DetCon-B (MoCo's queue, LC, SCRL,
-  ReSim-FPN), through the real pipeline: 2 + 2 steps == 4 steps, bit for bit,
+  ReSim-FPN), through the real pipeline with LC's colour-only first view:
+  2 + 2 steps == 4 steps, bit for bit,
   objective state included; and each objective's real step did its work.
 
   This one run is also the real step of LC-loss, SCRL and ReSim-FPN (their
@@ -142,7 +143,9 @@ def test_kill_and_resume_is_exact(data_dir, tmp_path, caplog):
                        **{'optimizer.base_lr': 1.0, 'objectives.moco.weight': 0.5,
                           'objectives.lc.weight': 0.1, 'objectives.scrl.weight': 0.5,
                           'objectives.resim.weight': 1.0,
-                          'objectives.resim.variant': 'fpn'})
+                          'objectives.resim.variant': 'fpn',
+                          # LC-loss's views: view 1 colour only (lc_byol.py).
+                          'data.view_modes': ('color_only', 'crop')})
   full = train.train_and_evaluate(config, str(tmp_path / 'full'))
   m = full['metrics']
   for name in ('moco_loss', 'lc_loss', 'scrl_loss', 'resim_loss', 'detcon_loss'):
@@ -166,8 +169,10 @@ def test_kill_and_resume_is_exact(data_dir, tmp_path, caplog):
   batch = config.batch_size
   assert int(moco['pointer']) == 4 * batch % moco['queue'].shape[0]
   np.testing.assert_allclose(np.linalg.norm(moco['queue'], axis=-1), 1.0, rtol=1e-5)
-  # The heads each objective adds are trained and checkpointed.
+  # The heads each objective adds are trained and checkpointed; the target
+  # network has LC's local projector but no predictor.
   assert {'local_projector', 'fpn'} <= set(b.online_params)
+  assert 'local_projector' in b.target_params and 'predictor' not in b.target_params
   fpn = b.online_params['fpn']
   assert sorted(fpn) == ['lateral_3', 'lateral_4', 'lateral_5', 'output_3', 'output_4']
   # ReSim-FPN's FPN reaches Detectron2's names. Detectron2's depth table has
