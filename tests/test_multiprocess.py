@@ -55,16 +55,13 @@ def start(commands, logs=None):
 
 def wait(procs, timeout=600, expect_ok=True, logs=None):
   """Waits for processes from start(); returns their outputs (pipes or `logs`)."""
-  outs = []
   try:
-    for p in procs:
-      out = p.communicate(timeout=timeout)[0]
-      outs.append(out if logs is None else None)
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
   finally:
     for p in procs:
       if p.poll() is None:
         p.kill()
-  if logs is not None:
+  if logs is not None:   # The output went to files (start(..., logs)).
     outs = []
     for f in logs:
       with open(f) as fh:
