@@ -59,12 +59,13 @@ def main(argv):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from data_pipeline import augment  # pylint: disable=g-import-not-at-top
+  from configs import common as configs_common  # pylint: disable=g-import-not-at-top
   from data_pipeline import view_config  # pylint: disable=g-import-not-at-top
   from dense_ssl.ops import color  # pylint: disable=g-import-not-at-top
   tf = augment.tf
 
   batch = _BATCH.value
-  cfg = {}  # the default recipe (configs/common.py's data settings)
+  cfg = configs_common.base_config('color_recipe').data  # The paper's recipe.
   specs = view_config.view_specs(cfg)
   kwargs = view_config.color_kwargs(cfg)
   load_before = os.getloadavg()[0]

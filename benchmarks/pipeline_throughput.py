@@ -50,6 +50,7 @@ from absl import flags
 import numpy as np
 
 from benchmarks import common
+from configs import common as configs_common
 from data_pipeline import tf_setup
 
 tf = tf_setup.hide_accelerators()
@@ -348,7 +349,8 @@ def main(argv):
   with tempfile.TemporaryDirectory() as d:
     n_base, mean_bytes, shapes, max_id = build_dataset(d, _NUM_IMAGES.value)
     files = sorted(tf.io.gfile.glob(os.path.join(d, '*.tfrecord')))
-    cfg = dict(dir=d, image_size=size, mask='fh', fh_scale=1000, shuffle_buffer=1000,
+    cfg = configs_common.base_config('pipeline_throughput').data.to_dict()
+    cfg.update(dir=d, image_size=size, mask='fh', fh_scale=1000, shuffle_buffer=1000,
                color_on='device')
     kw = dict(global_batch_size=batch, seed=0, num_local_devices=1)
     make = lambda **over: input_pipeline.make_pretrain_dataset({**cfg, **over}, **kw)

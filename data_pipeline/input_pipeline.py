@@ -18,8 +18,7 @@ about the same) and the bicubic resizes (benchmarks/pipeline_throughput.py).
 
 Batches (WORKSPACE.md, section 4), leading dims [num_local_devices, per_device_batch]:
   view{k}/image [D, B, S, S, 3]: uint8 (color_on='device') or float32
-  ImageNet-normalised (color_on='host', the default of a config without the
-  key); view{k}/mask [D, B, S, S] in the smallest integer type that holds the
+  ImageNet-normalised (color_on='host'); view{k}/mask [D, B, S, S] in the smallest integer type that holds the
   ids (mask_dtype: uint8, uint16 or int32); view{k}/box float32 [D, B, 4]
   (y0, x0, y1, x1); view{k}/flip int32 [D, B].
 
@@ -32,13 +31,14 @@ for all 'crop' views. ReSim flips the original before cropping; flipping the
 window's content after cropping is the same image when the window is mirrored,
 and windows are drawn symmetrically, so we keep one convention: `box` is always
 in unflipped original coordinates and `flip` means "mirrored after cropping".
-Masks: the stored map data.mask ('gt', 'user', or 'fh' at data.fh_scale; with
-fh_scale=-1 one stored FH map per example, drawn statelessly and shared by its
-views), or 'grid': DetCon's n x n spatial heuristic (Sec. 3.2) "divide[s] the
-image" and every mask is then "transform[ed] ... using the same cropping and
-resizing as used for the underlying RGB image" (Sec. 3.1), so the grid is laid
-over the ORIGINAL image and cropped with the view (a crop shows only some
-cells; 'color_only' views show all n^2). Ids pass through unchanged (never wrapped).
+Masks: data.mask names a kind (data_pipeline/mask_kinds/): its `choices` are
+the stored maps a record's views draw from ('gt', 'user', or 'fh' at
+data.fh_scale; with fh_scale=-1 one stored FH map per example, drawn
+statelessly and shared by its views), and its `labels_fn` gives the labels
+(the stored map, or one made on the fly: 'grid', DetCon's n x n heuristic,
+laid over the ORIGINAL image and cropped with the view, as every mask is
+"transform[ed] ... using the same cropping and resizing as used for the
+underlying RGB image", Sec. 3.1). Ids pass through unchanged (never wrapped).
 
 Determinism and exact resume
 ----------------------------
@@ -65,16 +65,16 @@ tf.data's shuffle combines its op seed with TF's global seed; nothing in this
 code base sets one (`tf.random.set_seed`), and doing so would change the order
 (still deterministically).
 
-Config keys read (config.data; defaults in brackets): dir, split ['train'],
-image_size [224], mask ['fh'], fh_scale [1000], grid_size [4], crop_area
-[(0.08, 1.0)], crop_aspect [(3/4, 4/3)], view_modes [('crop', 'crop')],
-view_sizes [image_size for each view], view_crop_areas [crop_area for each
-view], shared_flip [False], color_jitter_prob [0.8], brightness [0.4],
-contrast [0.4], saturation [0.2], hue [0.1], grayscale_prob [0.2], blur_prob
-[(1.0, 0.1)], blur_sigma [(0.1, 2.0)], solarize_prob [(0.0, 0.2)],
-shuffle_buffer [10000], num_parallel [AUTOTUNE], file_parallel_reads [8],
-num_local_crops [0], local_crop_size [96], local_crop_area [(0.05, 0.14)],
-local_blur_prob [0.5], local_solarize_prob [0.0].
+Config keys read (config.data; their defaults are configs/common.py
+base_config's, and a missing key is an error naming it): dir, split,
+image_size, mask and its kind's keys (fh_scale, grid_size), crop_area,
+crop_aspect, view_modes, shared_flip, color_on, color_jitter_prob,
+brightness, contrast, saturation, hue, grayscale_prob, blur_prob,
+blur_sigma, solarize_prob, shuffle_buffer, file_parallel_reads,
+num_local_crops, local_crop_size, local_crop_area, local_blur_prob,
+local_solarize_prob. Optional by design (view_config.optional): view_sizes
+and view_crop_areas (absent: image_size and crop_area for every view),
+num_parallel (absent: AUTOTUNE).
 
 Multi-crop: data.num_local_crops = N adds N local views after the global
 ones (view{G+1} ... view{G+N}; view_config.view_specs), each an Inception
@@ -99,16 +99,15 @@ import re
 import shlex
 
 from data_pipeline import augment
+from data_pipeline import mask_kinds
 from data_pipeline import records
 from data_pipeline import tf_setup
 from data_pipeline import view_config
 
 tf = tf_setup.hide_accelerators()
 
-_get = view_config.get
-MASK_KINDS = view_config.MASK_KINDS
+_read = view_config.read
 _LOCAL_STREAM = 0x10CA1  # Folded into an example's seed for its local crops.
-_FH_NAME = re.compile(r'^fh_s([0-9.e+-]+)_m([0-9.e+-]+)_sig([0-9.e+-]+)$')
 
 
 # ------------------------------------------------------- manifest and shards ---
@@ -206,62 +205,13 @@ def damaged_shard_error(data_dir, process_index=0, process_count=1, error=None):
   return tf.errors.DataLossError(None, None, text)
 
 
-def stored_fh_maps(manifest):
-  """[(scale, min_size, sigma, name)] of the FH maps a manifest lists."""
-  out = []
-  if manifest.get('fh'):
-    for e in manifest['fh']:
-      out.append((float(e['scale']), float(e['min_size']), float(e['sigma']), e['name']))
-  else:
-    for name in manifest.get('mask_names', []):
-      m = _FH_NAME.match(name)
-      if m:
-        out.append((float(m[1]), float(m[2]), float(m[3]), name))
-  stored = set(manifest.get('mask_names', []))
-  return [e for e in out if e[3] in stored]
-
-
 def mask_choices(manifest, data_config):
-  """Stored map names the configured mask draws from ([] for 'grid').
+  """Stored map names the configured mask kind draws from ([] when made on the fly).
 
   One name, or for data.mask='fh' with data.fh_scale=-1 every stored FH map
-  (one is picked per example, uniformly).
+  (one is picked per example, uniformly); mask_kinds' `choices`.
   """
-  kind = _get(data_config, 'mask', 'fh')
-  stored = list(manifest.get('mask_names', []))
-  if kind not in MASK_KINDS:
-    raise ValueError(f'config key data.mask={kind!r}: use one of {MASK_KINDS}')
-  if kind == 'grid':
-    return []
-  if kind in ('gt', 'user'):
-    if kind not in stored:
-      raise ValueError(f'config key data.mask={kind!r}, but the mask dataset'
-                       f' {_get(data_config, "dir", "")!r} stores only {stored};'
-                       ' choose one of those (or mask=grid), or recompute the'
-                       ' dataset with that map')
-    return [kind]
-  fh = stored_fh_maps(manifest)
-  if not fh:
-    raise ValueError(f'config key data.mask=\'fh\', but the mask dataset'
-                     f' {_get(data_config, "dir", "")!r} stores no FH map (it'
-                     f' stores {stored}); use data.mask=gt/user/grid or recompute'
-                     ' it with FH scales')
-  scale = float(_get(data_config, 'fh_scale', 1000))
-  if scale == -1:
-    return sorted({e[3] for e in fh})
-  match = [e for e in fh if e[0] == scale]
-  if len(match) > 1:  # Prefer DetCon's min_size = scale.
-    match = [e for e in match if e[1] == scale] or match
-  if not match:
-    raise ValueError(f'config key data.fh_scale={_get(data_config, "fh_scale", 1000)}'
-                     f' is not stored in {_get(data_config, "dir", "")!r}; stored FH'
-                     f' maps: {[e[3] for e in fh]} (scales'
-                     f' {sorted({e[0] for e in fh})}); set data.fh_scale to one of'
-                     ' those, or -1 to pick one per example')
-  if len(match) > 1:
-    raise ValueError(f'config key data.fh_scale={scale} matches several stored'
-                     f' FH maps {[e[3] for e in match]}; cannot choose')
-  return [match[0][3]]
+  return mask_kinds.get(data_config).choices(manifest, data_config)
 
 
 def process_shards(manifest, data_dir, process_index, process_count):
@@ -395,8 +345,8 @@ COLOR_ON = view_config.COLOR_ON
 
 
 def color_on(data_config):
-  """Where the colour recipe runs: data.color_on, 'host' for configs without the key."""
-  where = _get(data_config, 'color_on', 'host')
+  """Where the colour recipe runs: data.color_on."""
+  where = _read(data_config, 'color_on')
   if where not in COLOR_ON:
     raise ValueError(f'config.data.color_on={where!r}: choose one of {COLOR_ON}')
   return where
@@ -405,16 +355,13 @@ def color_on(data_config):
 def mask_dtype(manifest, data_config):
   """The smallest integer type that holds the view masks' ids (uint8 | uint16 | int32).
 
-  Grids hold n^2 ids; stored maps hold ids up to the manifest's
-  `max_label_id` (the largest id of any stored map); a manifest without it
-  (written before it existed) gives int32. Ids are never wrapped.
+  The kind's `num_ids`: grids hold n^2 ids; stored maps hold ids up to the
+  manifest's `max_label_id` (the largest id of any stored map); a manifest
+  without it (written before it existed) gives int32. Ids are never wrapped.
   """
-  if _get(data_config, 'mask', 'fh') == 'grid':
-    n = int(_get(data_config, 'grid_size', 4)) ** 2
-  else:
-    if manifest.get('max_label_id') is None:
-      return tf.int32
-    n = int(manifest['max_label_id']) + 1
+  n = mask_kinds.get(data_config).num_ids(manifest, data_config)
+  if n is None:
+    return tf.int32
   if n <= 256:
     return tf.uint8
   return tf.uint16 if n <= 65536 else tf.int32
@@ -423,17 +370,20 @@ def mask_dtype(manifest, data_config):
 def shipped_mask_dtype(data_config):
   """(mask dtype, where it came from) of the views, without reading any record.
 
-  The manifest at data.dir decides (mask_dtype) when it can be read; a grid
-  knows its own; else uint16 is assumed: FH maps of ImageNet-size images
-  hold more than 255 segments. For the tools that build a batch's shapes
-  without the dataset (the compile check, the GPU benchmark).
+  The manifest at data.dir decides (mask_dtype) when it can be read; a kind
+  made on the fly knows its own (grid: data.grid_size); else uint16 is
+  assumed: FH maps of ImageNet-size images hold more than 255 segments. For
+  the tools that build a batch's shapes without the dataset (the compile
+  check, the GPU benchmark).
   """
+  kind = mask_kinds.get(data_config)
+  data_dir = _read(data_config, 'dir')
   try:
-    return mask_dtype(read_manifest(_get(data_config, 'dir', '')), data_config), \
+    return mask_dtype(read_manifest(data_dir), data_config), \
         'the manifest at config.data.dir'
   except Exception:  # pylint: disable=broad-except  # Absent, unreadable, remote.
-    if _get(data_config, 'mask', 'fh') == 'grid':
-      return mask_dtype({}, data_config), 'data.grid_size'
+    if kind.num_ids_without_manifest:
+      return mask_dtype({}, data_config), kind.num_ids_without_manifest
     return tf.uint16, 'assumed: no readable manifest at config.data.dir'
 
 
@@ -441,9 +391,10 @@ def make_views_fn(data_config, mask_names, masks_dtype=tf.int32):
   """Returns fn(example_seed, serialized) -> flat dict of all views."""
   specs = view_config.view_specs(data_config)
   color = view_config.color_kwargs(data_config) if color_on(data_config) == 'host' else None
-  shared = bool(_get(data_config, 'shared_flip', False))
-  grid_size = int(_get(data_config, 'grid_size', 4))
-  is_grid = _get(data_config, 'mask', 'fh') == 'grid'
+  shared = bool(_read(data_config, 'shared_flip'))
+  # The stored map, or one the kind makes on the fly (grid: DetCon Sec. 3.2,
+  # at full resolution, so that the view's crop transforms it like any mask).
+  labels_fn = mask_kinds.get(data_config).labels_fn(data_config)
 
   num_global = sum(not spec.local for spec in specs)
 
@@ -455,11 +406,7 @@ def make_views_fn(data_config, mask_names, masks_dtype=tf.int32):
           tf.random.experimental.stateless_fold_in(seed, _LOCAL_STREAM),
           len(specs) - num_global)
     image, labels = parse_and_decode(serialized, mask_names, s_mask)
-    if is_grid:
-      # DetCon Sec. 3.2: the grid divides the image; like any mask it is then
-      # transformed with the view's crop, so it is made at full resolution.
-      shape = tf.shape(image)
-      labels = augment.grid_label_map(shape[0], shape[1], grid_size)
+    labels = labels_fn(image, labels)
     flip = tf.random.stateless_uniform([], s_flip) < 0.5 if shared else None
     out = {}
     for k, (spec, s) in enumerate(zip(specs, s_views)):
@@ -481,7 +428,7 @@ def example_spec(data_config, masks_dtype=tf.uint16):
   dataset), box and flip. The compile check (dense_ssl/compile_check.py)
   builds its abstract batch from it.
   """
-  mask_names = [] if _get(data_config, 'mask', 'fh') == 'grid' else ['spec']
+  mask_names = ['spec'] if mask_kinds.get(data_config).stored else []
   views_fn = make_views_fn(data_config, mask_names, masks_dtype)
   seed = tf.constant([0, 0], tf.int64)
   ds = tf.data.Dataset.from_tensors(tf.constant(b'')).map(
@@ -520,9 +467,9 @@ def make_pretrain_dataset(data_config, *, global_batch_size, seed, start_step=0,
                      f' {num_local_devices}; change config.batch_size')
   per_process = global_batch_size // process_count
   per_device = per_process // num_local_devices
-  data_dir = _get(data_config, 'dir', '')
+  data_dir = _read(data_config, 'dir')
   manifest = read_manifest(data_dir)
-  split = _get(data_config, 'split', 'train')
+  split = _read(data_config, 'split')
   if manifest.get('split', split) != split:
     raise ValueError(f'config key data.split={split!r}, but {data_dir}/manifest.json'
                      f' holds split {manifest["split"]!r}')
@@ -532,8 +479,8 @@ def make_pretrain_dataset(data_config, *, global_batch_size, seed, start_step=0,
   epoch_size = sum(n for _, n in shards)
   first_epoch, offset = divmod(start_step * per_process, epoch_size)
   base = _base_seed(seed, process_index)
-  buffer = int(_get(data_config, 'shuffle_buffer', 10000))
-  reads = min(len(shards), int(_get(data_config, 'file_parallel_reads', 8)))
+  buffer = int(_read(data_config, 'shuffle_buffer'))
+  reads = min(len(shards), int(_read(data_config, 'file_parallel_reads')))
 
   def epoch_records(epoch):
     s_files, s_shuffle = augment.split_seed(
@@ -566,7 +513,9 @@ def make_pretrain_dataset(data_config, *, global_batch_size, seed, start_step=0,
                                         tf.shape(v)[1:]], 0))
             for k, v in batch.items()}
 
-  num_parallel = _get(data_config, 'num_parallel', tf.data.AUTOTUNE)
+  num_parallel = view_config.optional(data_config, 'num_parallel')  # Tools pin it.
+  if num_parallel is None:
+    num_parallel = tf.data.AUTOTUNE
   ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch_records)
   ds = ds.map(process_example, num_parallel_calls=num_parallel, deterministic=True)
   ds = ds.batch(per_process, drop_remainder=True)
@@ -591,7 +540,7 @@ def make_pretrain_iterator(data_config, *, global_batch_size, seed, start_step,
                              process_index=process_index,
                              process_count=process_count,
                              num_local_devices=num_local_devices)
-  return _naming_damaged_shards(ds.as_numpy_iterator(), _get(data_config, 'dir', ''),
+  return _naming_damaged_shards(ds.as_numpy_iterator(), _read(data_config, 'dir'),
                                 process_index, process_count)
 
 

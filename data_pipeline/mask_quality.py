@@ -36,6 +36,7 @@ import time
 from absl import flags
 
 from data_pipeline import cli
+from data_pipeline import mask_kinds
 from data_pipeline import records
 from data_pipeline import tf_setup
 from data_pipeline.masks import quality
@@ -79,21 +80,20 @@ def read_manifest(data_dir):
 
 
 def mask_sets(manifest, grids):
-  """[(name, kind, extra fields)] to measure: grids, stored FH / user maps, gt."""
+  """[(name, kind, extra fields)] to measure, each kind's `quality_rows`: the kinds
+  made on the fly (grids), the stored maps in record order (FH, user), GT last."""
   names = list(manifest.get('mask_names', []))
-  fh = {e['name']: e for e in manifest.get('fh') or []}
-  out = [(f'grid_{n}x{n}', 'grid', {'grid_size': n}) for n in grids]
-  for name in names:
-    if name in fh:
-      e = fh[name]
-      out.append((name, 'fh', {'scale': e['scale'], 'min_size': e['min_size'],
-                               'sigma': e['sigma']}))
-    elif name == records.USER_MASK:
-      out.append((name, 'user', {}))
-    elif name.startswith('fh_'):
-      out.append((name, 'fh', {}))
-  out.append((records.GT_MASK, 'gt', {}))
-  return out
+  made, stored, reference = [], [], []
+  for kind in mask_kinds.REGISTRY.values():
+    rows = [(name, kind.name, extra) for name, extra in kind.quality_rows(manifest, grids)]
+    if getattr(kind, 'is_reference', False):
+      reference += rows
+    elif kind.stored:
+      stored += rows
+    else:
+      made += rows
+  stored.sort(key=lambda row: names.index(row[0]))
+  return made + stored + reference
 
 
 def _label_maps(serialized, names):
@@ -128,9 +128,8 @@ def measure(data_dir, grids=(1, 2, 5), split=None, limit=None):
   if any(n < 1 for n in grids):
     raise UsageError(f'--grids={",".join(map(str, grids))}: sizes must be >= 1')
   sets = mask_sets(manifest, grids)
-  stored_sets = [name for name, kind, _ in sets if kind != 'grid']
+  stored_sets = [name for name, kind, _ in sets if mask_kinds.REGISTRY[kind].stored]
   totals = {name: quality.AboStats() for name, _, _ in sets}
-  grid_cache = {}
   t0 = time.perf_counter()
   seen = 0
   for shard in manifest.get('shards') or []:
@@ -145,13 +144,7 @@ def measure(data_dir, grids=(1, 2, 5), split=None, limit=None):
       maps = _label_maps(serialized, stored_sets)
       gt = maps[records.GT_MASK]
       for name, kind, extra in sets:
-        if kind == 'grid':
-          key = (gt.shape, extra['grid_size'])
-          if key not in grid_cache:
-            grid_cache[key] = quality.grid_label_map(*gt.shape, extra['grid_size'])
-          masks = grid_cache[key]
-        else:
-          masks = maps[name]
+        masks = mask_kinds.REGISTRY[kind].quality_labels(name, extra, maps, gt.shape)
         stats[name].add_image(gt, masks)
       seen += 1
     for name in totals:

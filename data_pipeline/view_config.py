@@ -2,7 +2,9 @@
 
 Shared by the host pipeline (input_pipeline.py: crops, sizes) and the
 device-side colour recipe (dense_ssl/ops/color.py), so both read the same
-keys with the same defaults and the same per-view checks.
+keys with the same per-view checks. Every key's default lives in one place,
+configs/common.py base_config (its data subtree): `read` takes a key and
+refuses a config without it, so no reader states a default a second time.
 """
 
 import dataclasses
@@ -12,23 +14,50 @@ VIEW_MODES = ('crop', 'color_only')
 # [0, 1]), on the host (augment.normalize) or in the step (ops/color.py).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-MASK_KINDS = ('fh', 'gt', 'user', 'grid')
 COLOR_ON = ('host', 'device')
 
 
-def get(cfg, key, default):
-  """cfg.key, or default when absent (ConfigDict or dict)."""
+class MissingConfigKey(KeyError):
+  """config.data lacks a key that configs/common.py base_config defines."""
+
+  def __str__(self):
+    return self.args[0]
+
+
+def read(cfg, key):
+  """cfg[key] of config.data (ConfigDict or dict); MissingConfigKey naming it if absent."""
   try:
     return cfg[key]
-  except (KeyError, AttributeError):
-    return default
+  except (KeyError, AttributeError, TypeError):
+    raise MissingConfigKey(
+        f'config key data.{key} is missing: configs/common.py base_config defines'
+        ' every data key; build the config from a configs/ file (tests:'
+        ' tests/fake_data.data_config)') from None
+
+
+# The keys of config.data that base_config leaves out on purpose: their
+# absence means something other than a value (view_sizes / view_crop_areas:
+# every view uses data.image_size / data.crop_area; num_parallel: tf.data's
+# AUTOTUNE, which tools and tests may pin).
+OPTIONAL_KEYS = ('view_sizes', 'view_crop_areas', 'num_parallel')
+
+
+def optional(cfg, key):
+  """cfg[key], or None when absent, for the OPTIONAL_KEYS only."""
+  if key not in OPTIONAL_KEYS:
+    raise ValueError(f'data.{key} is not optional: read it with view_config.read')
+  try:
+    return cfg[key]
+  except (KeyError, AttributeError, TypeError):
+    return None
 
 
 # Multi-crop (SwAV, Caron et al. 2020; DINO, Caron et al. 2021), used by
 # CLoVE (Sec. 5.1, Table 8: "2 global 224 px + 6 local 96 px" in its public
 # code). The local crops' area range is SwAV's (0.05, 0.14); their colour is
 # DINO's local-crop recipe (blur with p = 0.5, no solarisation). CLoVE's paper
-# states neither: both are assumptions, set by config.data.local_*.
+# states neither: both are assumptions, set by config.data.local_*
+# (configs/common.py; dense_ssl/config_check.py still reads these).
 LOCAL_DEFAULTS = dict(num_local_crops=0, local_crop_size=96, local_crop_area=(0.05, 0.14),
                       local_blur_prob=0.5, local_solarize_prob=0.0)
 
@@ -52,12 +81,12 @@ class ViewSpec:
 
 def num_global_views(data_config):
   """How many global views there are: the entries of data.view_modes."""
-  return len(tuple(get(data_config, 'view_modes', ('crop', 'crop'))))
+  return len(tuple(read(data_config, 'view_modes')))
 
 
 def num_local_crops(data_config):
   """data.num_local_crops (0 without multi-crop)."""
-  return int(get(data_config, 'num_local_crops', 0) or 0)
+  return int(read(data_config, 'num_local_crops'))
 
 
 def local_view_names(data_config):
@@ -73,17 +102,18 @@ def view_specs(data_config):
   (data.view_modes), then data.num_local_crops local crops, each
   data.local_crop_size px from an Inception crop of area
   data.local_crop_area, blurred with p = data.local_blur_prob and solarised
-  with p = data.local_solarize_prob (LOCAL_DEFAULTS).
+  with p = data.local_solarize_prob.
   """
-  modes = tuple(get(data_config, 'view_modes', ('crop', 'crop')))
+  modes = tuple(read(data_config, 'view_modes'))
   n = len(modes)
-  size = int(get(data_config, 'image_size', 224))
-  crop_area = tuple(get(data_config, 'crop_area', (0.08, 1.0)))
-  crop_aspect = tuple(get(data_config, 'crop_aspect', (3. / 4., 4. / 3.)))
+  size = int(read(data_config, 'image_size'))
+  crop_area = tuple(read(data_config, 'crop_area'))
+  crop_aspect = tuple(read(data_config, 'crop_aspect'))
 
-  def per_view(key, default):
-    v = get(data_config, key, None)
-    v = default if v is None else tuple(v)
+  def per_view(key, absent=None):
+    # `absent`: what an optional key (view_sizes, view_crop_areas) means when unset.
+    v = read(data_config, key) if absent is None else optional(data_config, key)
+    v = absent if v is None else tuple(v)
     if len(v) < n:
       raise ValueError(f'config key data.{key}={v} has {len(v)} entries but'
                        f' data.view_modes={modes} asks for {n} views; give one'
@@ -92,8 +122,8 @@ def view_specs(data_config):
 
   sizes = per_view('view_sizes', (size,) * n)
   areas = per_view('view_crop_areas', (crop_area,) * n)
-  blur = per_view('blur_prob', (1.0, 0.1))
-  sol = per_view('solarize_prob', (0.0, 0.2))
+  blur = per_view('blur_prob')
+  sol = per_view('solarize_prob')
   specs = []
   for i, mode in enumerate(modes):
     if mode not in VIEW_MODES:
@@ -102,7 +132,7 @@ def view_specs(data_config):
     specs.append(ViewSpec(mode=mode, size=int(sizes[i]), crop_area=tuple(areas[i]),
                           crop_aspect=crop_aspect, blur_prob=float(blur[i]),
                           solarize_prob=float(sol[i])))
-  local = lambda key: get(data_config, key, LOCAL_DEFAULTS[key])
+  local = lambda key: read(data_config, key)
   for _ in range(num_local_crops(data_config)):
     specs.append(ViewSpec(mode='crop', size=int(local('local_crop_size')),
                           crop_area=tuple(local('local_crop_area')), crop_aspect=crop_aspect,
@@ -114,10 +144,10 @@ def view_specs(data_config):
 def color_kwargs(data_config):
   """Keyword arguments of augment.byol_color_augment shared by all views."""
   return dict(
-      color_jitter_prob=float(get(data_config, 'color_jitter_prob', 0.8)),
-      brightness=float(get(data_config, 'brightness', 0.4)),
-      contrast=float(get(data_config, 'contrast', 0.4)),
-      saturation=float(get(data_config, 'saturation', 0.2)),
-      hue=float(get(data_config, 'hue', 0.1)),
-      grayscale_prob=float(get(data_config, 'grayscale_prob', 0.2)),
-      blur_sigma=tuple(get(data_config, 'blur_sigma', (0.1, 2.0))))
+      color_jitter_prob=float(read(data_config, 'color_jitter_prob')),
+      brightness=float(read(data_config, 'brightness')),
+      contrast=float(read(data_config, 'contrast')),
+      saturation=float(read(data_config, 'saturation')),
+      hue=float(read(data_config, 'hue')),
+      grayscale_prob=float(read(data_config, 'grayscale_prob')),
+      blur_sigma=tuple(read(data_config, 'blur_sigma')))

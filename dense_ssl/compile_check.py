@@ -780,7 +780,7 @@ def check(config, acc, *, config_name='', per_device_batch=None, find_max=False,
                  mask_dtype_from=masks_from),
       params_bytes=first.params_bytes,
       step=analyse(first, acc, available=available,
-                   prefetch=int(config.data.get('prefetch_to_device', 2))),
+                   prefetch=int(input_pipeline.view_config.read(config.data, 'prefetch_to_device'))),
       estimates=ESTIMATES[acc.platform])
   if find_max:
     log('finding the largest per-device batch that fits ...')

@@ -17,7 +17,9 @@ objective's own subtree through its `validate` hook
 (`Objective.validate` of dense_ssl/objectives/base.py, overridden in the objective's
 file: adding an objective stays one file). With `check_data` (default), the
 mask dataset at config.data.dir is read (its manifest only) and the masks the
-config asks for (data.mask, data.fh_scale) must be stored there.
+config asks for (data.mask, data.fh_scale) must be stored there. The mask
+checks are the kinds' own (data_pipeline/mask_kinds/: `check`,
+`check_dataset`).
 
 dense_ssl.main calls it before joining other processes or touching devices or
 data; dense_ssl.train.train_and_evaluate calls it first thing too (also with
@@ -25,7 +27,8 @@ the device count).
 """
 
 from dense_ssl import objectives as objectives_lib
-from data_pipeline.view_config import LOCAL_DEFAULTS, MASK_KINDS, VIEW_MODES
+from data_pipeline import mask_kinds
+from data_pipeline.view_config import LOCAL_DEFAULTS, VIEW_MODES
 from dense_ssl import optim
 from dense_ssl.models import resnet
 from dense_ssl.objectives.base import check
@@ -182,15 +185,7 @@ def _data_problems(config):
       p += check(f'data.{key}', d[key], '>= 0')
   if 'hue' in d and not (is_number(d.hue) and 0 <= d.hue <= 0.5):
     p.append(f'config.data.hue={d.hue!r}: must be in [0, 0.5]')
-  mask = d.get('mask', 'fh')
-  p += _choice('data.mask', mask, MASK_KINDS)
-  if mask == 'grid':
-    p += check('data.grid_size', d.get('grid_size'), '>= 1', integer=True)
-  if mask == 'fh':
-    scale = d.get('fh_scale', 1000)
-    if not (is_number(scale) and (scale > 0 or scale == -1)):
-      p.append(f'config.data.fh_scale={scale!r}: must be a stored FH scale (> 0), or -1 '
-               '(one stored scale per example)')
+  p += mask_kinds.check(d)   # data.mask and its kind's own keys.
   for key in ('shuffle_buffer', 'file_parallel_reads'):
     if key in d:
       p += check(f'data.{key}', d[key], '>= 1', integer=True)
@@ -262,25 +257,7 @@ def _dataset_problems(config):
   if manifest.get('split', split) != split:
     p.append(f'config.data.split={split!r}: {data_dir} holds split '
              f'{manifest["split"]!r}')
-  stored = list(manifest.get('mask_names', []))
-  mask = d.get('mask', 'fh')
-  if mask in ('gt', 'user') and mask not in stored:
-    p.append(f'config.data.mask={mask!r}: the mask dataset {data_dir!r} stores no '
-             f'{mask!r} map (it stores {stored}); choose one of those, or grid, or '
-             f'recompute the dataset with {"GT" if mask == "gt" else "user"} masks')
-  elif mask == 'fh':
-    fh = input_pipeline.stored_fh_maps(manifest)
-    scale = d.get('fh_scale', 1000)
-    scales = sorted({e[0] for e in fh})
-    if not fh:
-      p.append(f'config.data.mask=\'fh\': the mask dataset {data_dir!r} stores no FH '
-               f'map (it stores {stored}); use config.data.mask=gt|user|grid, or '
-               'recompute it with --fh_scales')
-    elif is_number(scale) and scale != -1 and float(scale) not in scales:
-      p.append(f'config.data.fh_scale={scale!r}: the mask dataset {data_dir!r} holds FH '
-               f'scales {[f"{s:g}" for s in scales]} only; set config.data.fh_scale to '
-               'one of them (or -1: one per example), or recompute the masks at that '
-               'scale')
+  p += mask_kinds.check_dataset(d, manifest)
   return p
 
 

@@ -34,6 +34,7 @@ import optax
 
 from data_pipeline import input_pipeline
 from data_pipeline import tf_setup
+from data_pipeline import view_config
 from dense_ssl import checkpoint as ckpt_lib
 from dense_ssl import config_check
 from dense_ssl import method as method_lib
@@ -60,12 +61,13 @@ def make_per_device_step(method, make_tx, *, seed=0, data_config=None):
   runs first, on the device (dense_ssl/ops/color.py): uint8 views are
   coloured and normalised here with per-example keys from (seed, step, global
   index, view), so 1 and N devices, and a resumed run, see the same views.
+  data_config None: the batches hold no uint8 view (float views pass through).
   """
 
   def step_fn(state, batch, hyper):
     step = state.step
     tx = make_tx(lambda _: hyper['learning_rate'])
-    batch = color.augment_views(batch, seed=seed, step=step, data_config=data_config or {})
+    batch = color.augment_views(batch, seed=seed, step=step, data_config=data_config)
     # The same key on every device: methods derive per-example keys from
     # global example indices (base.example_rngs), so the update does not
     # depend on the number of devices.
@@ -457,7 +459,7 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
   logged = []                            # Host metrics since the last log line.
   step, ran = start_step, 0
   device_batches = prefetch_to_devices(itertools.chain([first], batches), mesh,
-                                       int(config.data.get('prefetch_to_device', 2)))
+                                       int(view_config.read(config.data, 'prefetch_to_device')))
 
   def check_finite(step_done, metrics):
     # The loss alone can stay finite (normalisation clamps NaN features)

@@ -16,17 +16,23 @@ view 1 to the same scene points in view 2, computed only from the recorded
 geometry (box, flip): view 1 pixel -> original coordinates -> view 2 pixel,
 drawn when the point lies inside view 2. If the lines do not land on the same
 scene content, the geometry is wrong.
+
+config.data comes from --config (default: configs/detcon_b.py:demo, the
+demo's colour recipe and crops); the flags above set the keys they name.
 """
 
 import colorsys
+import os
 
 from absl import app
 from absl import flags
 from absl import logging
+from ml_collections import config_flags
 import numpy as np
 
 from data_pipeline import augment
 from data_pipeline import input_pipeline
+from data_pipeline import mask_kinds
 from data_pipeline import records
 from data_pipeline import tf_setup
 from data_pipeline import view_config
@@ -34,9 +40,14 @@ from dense_ssl.ops import color
 
 tf = tf_setup.hide_accelerators()
 
+# Read by path, not imported: configs/ sits above dense_ssl/ in the layering.
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           'configs', 'detcon_b.py') + ':demo',
+    'Config file and preset whose config.data the batch is drawn with.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'Mask dataset directory (manifest.json).')
 _OUT = flags.DEFINE_string('out', 'batch.png', 'PNG to write.')
-_MASK = flags.DEFINE_enum('mask', 'fh', list(input_pipeline.MASK_KINDS), 'data.mask')
+_MASK = flags.DEFINE_enum('mask', 'fh', list(mask_kinds.names()), 'data.mask')
 _FH_SCALE = flags.DEFINE_integer('fh_scale', 1000, 'data.fh_scale (-1: random stored scale).')
 _GRID = flags.DEFINE_integer('grid_size', 4, 'data.grid_size for --mask=grid.')
 _NUM = flags.DEFINE_integer('num_examples', 4, 'Examples (rows) to draw.')
@@ -118,7 +129,8 @@ def main(argv):
   from matplotlib.patches import ConnectionPatch, Rectangle
 
   n, size = _NUM.value, _SIZE.value
-  cfg = dict(dir=_DATA_DIR.value, image_size=size, mask=_MASK.value,
+  cfg = _CONFIG.value.data.to_dict()
+  cfg.update(dir=_DATA_DIR.value, image_size=size, mask=_MASK.value,
              fh_scale=_FH_SCALE.value, grid_size=_GRID.value, shuffle_buffer=256,
              view_modes=tuple(_MODES.value), shared_flip=_SHARED_FLIP.value,
              color_on='device', num_local_crops=_LOCAL.value,

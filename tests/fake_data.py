@@ -1,12 +1,30 @@
-"""Fake batches and a loss runner shared by the method and trainer tests."""
+"""Fake batches, a loss runner and test data configs shared by the tests."""
 
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from data_pipeline import view_config
 from dense_ssl.objectives.base import AXIS
 
 SIZE, PER_DEVICE = 64, 2
+
+
+def data_config(**overrides):
+  """config.data of the 'test' preset (configs/common.py), with `overrides` applied.
+
+  The readers of config.data take every key from configs/common.py and state no
+  default of their own: a test starts from the real defaults and says only
+  what it changes. A plain dict, like the literals tests used to pass.
+  """
+  from configs import common  # pylint: disable=g-import-not-at-top
+  data = common.apply_preset(common.base_config('test'), 'test').data.to_dict()
+  unknown = sorted(set(overrides) - set(data) - set(view_config.OPTIONAL_KEYS))
+  if unknown:
+    raise KeyError(f'data_config: unknown data keys {unknown}; configs/common.py'
+                   ' base_config defines the others')
+  data.update(overrides)
+  return data
 
 
 def fake_batch(n, rng, *, num_ids=5):

@@ -18,11 +18,13 @@ import pytest
 from data_pipeline import augment
 from data_pipeline import view_config
 from dense_ssl.ops import color
+from tests import fake_data
 
 tf = augment.tf
 
 MEAN = np.asarray(color.IMAGENET_MEAN, np.float32)
 STD = np.asarray(color.IMAGENET_STD, np.float32)
+DATA = fake_data.data_config()   # The test preset's config.data: the real recipe.
 
 
 def _image(h=16, w=20, seed=0):
@@ -123,8 +125,8 @@ def _configs():
   from configs import moco  # pylint: disable=g-import-not-at-top
   base = common.base_config('byol', 'demo', byol=1.0)
   return [base.data, lc_byol.get_config('demo').data, moco.get_config('demo').data,
-          dict(view_modes=('crop', 'crop', 'crop'), blur_prob=(1., .1, .5),
-               solarize_prob=(0., .2, .3), hue=0.05, grayscale_prob=0.)]
+          fake_data.data_config(view_modes=('crop', 'crop', 'crop'), blur_prob=(1., .1, .5),
+                                solarize_prob=(0., .2, .3), hue=0.05, grayscale_prob=0.)]
 
 
 def test_view_spec_reads_the_pipelines_settings():
@@ -135,9 +137,9 @@ def test_view_spec_reads_the_pipelines_settings():
       assert spec == color.ColorSpec(blur_prob=vs.blur_prob,
                                      solarize_prob=vs.solarize_prob, **kwargs)
   with pytest.raises(ValueError, match='give one per view'):
-    color.view_color_spec(dict(view_modes=('crop',) * 3), 2)
+    color.view_color_spec(fake_data.data_config(view_modes=('crop',) * 3), 2)
   with pytest.raises(ValueError, match='has 2 views'):
-    color.view_color_spec({}, 2)
+    color.view_color_spec(DATA, 2)
 
 
 # ----------------------------------------------------------- probabilities ---
@@ -157,7 +159,7 @@ def _branch_rate(cfg, view, changed):
   img = _photo(24)
   images = jnp.broadcast_to(img, (N_PROB,) + img.shape)
   items = tuple((k, tuple(v) if isinstance(v, (list, tuple)) else v)
-                for k, v in cfg.items())
+                for k, v in fake_data.data_config(**cfg).items())
   y = np.asarray(_unnormalised(images, view, items))
   return np.mean(changed(img.astype(np.float32) / 255., y))
 
@@ -204,7 +206,7 @@ def _batch(n, size=32):
 
 @functools.partial(jax.jit, static_argnums=(3,))
 def _augment_at(images, step, index, view):
-  return color.color_augment(images, color.example_keys(0, step, index, view), view, {})
+  return color.color_augment(images, color.example_keys(0, step, index, view), view, DATA)
 
 
 def test_same_coordinates_same_output():
@@ -239,7 +241,7 @@ def test_one_device_equals_four_devices():
     def per_device(images, step, view=view):
       idx = color.device_example_indices(images.shape[0], 'batch')
       keys = color.example_keys(0, step, idx, view)
-      return color.color_augment(images, keys, view, {})
+      return color.color_augment(images, keys, view, DATA)
 
     four = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P('batch'), P()),
                                  out_specs=P('batch')))(imgs, step)
@@ -252,8 +254,8 @@ def test_one_device_equals_four_devices():
 def test_local_crops_get_their_recipe_and_the_same_views_on_one_and_four_devices():
   """Multi-crop: augment_views colours the local crops too (their own blur and
   solarize settings), with the same draws however the batch is split."""
-  cfg = dict(num_local_crops=2, local_crop_size=8, local_blur_prob=0.5,
-             local_solarize_prob=0.0)
+  cfg = fake_data.data_config(num_local_crops=2, local_crop_size=8, local_blur_prob=0.5,
+                              local_solarize_prob=0.0)
   specs = view_config.view_specs(cfg)
   assert [s.local for s in specs] == [False, False, True, True]
   assert color.view_color_spec(cfg, 3).blur_prob == 0.5
@@ -281,7 +283,7 @@ def test_float_input_and_stop_gradient():
   imgs = _batch(2)
   as_float = jnp.asarray(imgs, jnp.float32) / 255.
   keys = color.example_keys(0, 0, jnp.arange(2), 0)
-  run = jax.jit(lambda x, k: color.color_augment(x, k, 0, {}))
+  run = jax.jit(lambda x, k: color.color_augment(x, k, 0, DATA))
   np.testing.assert_allclose(run(as_float, keys), run(imgs, keys), atol=1e-5)
   grad = jax.jit(jax.grad(lambda x: run(x, keys).sum()))(as_float)
   assert not np.any(np.asarray(grad))
@@ -294,7 +296,7 @@ N_RECIPE = 2000
 
 def _host_draws(img_f32, view, n):
   """n draws of the host recipe (augment.byol_color_augment + normalize)."""
-  cfg = {}
+  cfg = DATA
   spec = view_config.view_specs(cfg)[view]
   kwargs = view_config.color_kwargs(cfg)
   image = tf.constant(img_f32)

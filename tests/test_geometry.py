@@ -22,6 +22,7 @@ from data_pipeline import augment  # noqa: E402
 from data_pipeline import input_pipeline as ip  # noqa: E402
 from dense_ssl.ops import geometry as geo  # noqa: E402
 from dense_ssl.ops import roi  # noqa: E402
+from tests import fake_data  # noqa: E402
 from tests import mask_records  # noqa: E402
 
 H, W = 160, 224       # Original (non-square; <= 255 so indices fit uint8).
@@ -53,8 +54,8 @@ def batches(tmp_path_factory):
   mask_records.write_mask_dataset(d, exs, num_shards=1)
   out = {}
   for mode, kw in MODES.items():
-    cfg = dict(dir=d, image_size=S, mask='gt', shuffle_buffer=8,
-               crop_area=(0.3, 1.0), **NO_COLOR, **kw)
+    cfg = fake_data.data_config(dir=d, image_size=S, mask='gt', shuffle_buffer=8,
+                                crop_area=(0.3, 1.0), color_on='host', **NO_COLOR, **kw)
     it = ip.make_pretrain_dataset(cfg, global_batch_size=8, seed=11).as_numpy_iterator()
     got = [next(it) for _ in range(2)]
     views = {}

@@ -14,6 +14,7 @@ import pytest
 from data_pipeline import augment
 from data_pipeline import input_pipeline as ip
 from data_pipeline import records
+from tests import fake_data
 from tests import mask_records
 
 H, W = 72, 104          # Non-square, so that x/y mix-ups show.
@@ -55,10 +56,11 @@ def fh_dir(tmp_path_factory):
 
 
 def config(data_dir, **kw):
-  c = dict(dir=data_dir, image_size=S, mask='gt', shuffle_buffer=8,
-           crop_area=(0.08, 1.0), view_modes=('crop', 'crop'), **NO_COLOR)
-  c.update(kw)
-  return c
+  """The test preset's config.data on `data_dir`, colour on the host and off."""
+  return fake_data.data_config(**{
+      **dict(dir=data_dir, image_size=S, mask='gt', shuffle_buffer=8,
+             crop_area=(0.08, 1.0), view_modes=('crop', 'crop'), color_on='host',
+             **NO_COLOR), **kw})
 
 
 def take(ds, n):

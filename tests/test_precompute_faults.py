@@ -28,6 +28,7 @@ import pytest
 from data_pipeline import input_pipeline as ip
 from data_pipeline import tf_setup
 from data_pipeline.masks import lock as lock_lib
+from tests import fake_data
 from tests import test_precompute_masks as tpm
 
 tf = tf_setup.hide_accelerators()
@@ -50,7 +51,8 @@ def sidecar(out_dir, file):
 
 
 def iterator(out_dir):
-  cfg = dict(dir=str(out_dir), image_size=32, mask='gt', shuffle_buffer=8)
+  cfg = fake_data.data_config(dir=str(out_dir), image_size=32, mask='gt', shuffle_buffer=8,
+                              color_on='host')
   return ip.make_pretrain_iterator(cfg, global_batch_size=4, seed=0, start_step=0,
                                    process_index=0, process_count=1,
                                    num_local_devices=1)

@@ -17,9 +17,11 @@ import skimage.segmentation
 import tensorflow_datasets as tfds
 
 from data_pipeline import input_pipeline as ip
+from data_pipeline import mask_kinds
 from data_pipeline import precompute_masks as pm
 from data_pipeline import records
 from data_pipeline import tf_setup
+from tests import fake_data
 
 tf = tf_setup.hide_accelerators()
 
@@ -99,7 +101,7 @@ def test_fh_maps_equal_skimage_after_round_trip(tmp_path):
   manifest, exs = read_dataset(tmp_path / 'out')
   tiny = records.fh_mask_name(0.001, 0, 0.8)
   assert manifest['mask_names'] == [tiny, FH100]
-  assert [e[3] for e in ip.stored_fh_maps(manifest)] == [tiny, FH100]
+  assert [e[3] for e in mask_kinds.fh.stored_maps(manifest)] == [tiny, FH100]
   assert sorted(exs) == ['a/photo.JPG', 'b.png', 'noise.png', 'noise_big.png']
   assert manifest['num_examples'] == 4 and manifest['num_failures'] == 0
   # The JPEG is stored unchanged; its masks are computed on TF's decode.
@@ -371,8 +373,8 @@ def test_demo_source_with_gt_feeds_the_input_pipeline(tmp_path):
   no_color = dict(color_jitter_prob=0., grayscale_prob=0., blur_prob=(0., 0.),
                   solarize_prob=(0., 0.))
   for mask in ('gt', 'fh'):
-    cfg = dict(dir=str(out), image_size=32, mask=mask, fh_scale=100, shuffle_buffer=8,
-               **no_color)
+    cfg = fake_data.data_config(dir=str(out), image_size=32, mask=mask, fh_scale=100,
+                                shuffle_buffer=8, color_on='host', **no_color)
     ds = ip.make_pretrain_dataset(cfg, global_batch_size=4, seed=0)
     batch = next(ds.as_numpy_iterator())
     assert batch['view1/image'].shape == (1, 4, 32, 32, 3)

@@ -21,6 +21,7 @@ import os
 import re
 import shlex
 
+from data_pipeline import mask_kinds
 from data_pipeline import records
 from data_pipeline.masks import lock as lock_lib
 from data_pipeline.masks import quality
@@ -303,9 +304,9 @@ def plan_job(params, log=print, command_extra=()):
   user_masks = os.path.abspath(params.user_masks) if params.user_masks else ''
   if user_masks and not os.path.isdir(user_masks):
     raise PrecomputeError(f'--user_masks={params.user_masks} is not a directory')
-  mask_names = tuple([n for _, _, n in fh] + [records.GT_MASK] * gt
-                     + [records.CLASS_MASK] * classes
-                     + [records.USER_MASK] * bool(user_masks))
+  # What the flags ask to store; each stored mask kind names its maps.
+  job = dict(fh=fh, gt=gt, classes=classes, user_masks=user_masks)
+  mask_names = tuple(n for kind in mask_kinds.stored() for n in kind.record_names(job))
   if not mask_names:
     raise PrecomputeError('nothing to store: no FH scales (--fh_scales), no GT in'
                           ' this source and no --user_masks')

@@ -28,9 +28,9 @@ from etils import epath
 import numpy as np
 from PIL import Image
 
+from data_pipeline import mask_kinds
 from data_pipeline import records
 from data_pipeline.masks import decode
-from data_pipeline.masks import label_maps
 from data_pipeline.masks import quality
 from data_pipeline.masks import sources
 from data_pipeline.masks.errors import ImageFailure
@@ -161,31 +161,12 @@ def make_record(item, task):
   else:
     dec = decode.decode_image(data, **kw)
   height, width = dec.rgb.shape[:2]
-  # The cheap maps first: a missing one fails the input before FH runs.
-  extra = {}
-  if task.gt and item.gt is not None:
-    try:
-      gt = item.gt()
-    except Exception as e:  # pylint: disable=broad-except
-      raise ImageFailure(f'GT map cannot be read: {type(e).__name__}: {e}') from None
-    if gt is None or np.shape(gt) != (height, width):
-      raise ImageFailure(f'GT map has shape {None if gt is None else np.shape(gt)}'
-                         f' but the image is {(height, width)}')
-    extra[records.GT_MASK] = np.asarray(gt)
-    if records.CLASS_MASK in task.mask_names:
-      try:
-        cls = None if item.classes is None else item.classes()
-      except Exception as e:  # pylint: disable=broad-except
-        raise ImageFailure(f'class map cannot be read: {type(e).__name__}: {e}') from None
-      if cls is None or np.shape(cls) != (height, width):
-        raise ImageFailure(f'class map has shape {None if cls is None else np.shape(cls)}'
-                           f' but the image is {(height, width)}')
-      extra[records.CLASS_MASK] = np.asarray(cls)
-  if task.user_masks:
-    path = os.path.join(task.user_masks, os.path.splitext(item.id)[0] + '.png')
-    extra[records.USER_MASK] = label_maps.read_user_mask(path, height, width)
-  maps = label_maps.fh_label_maps(dec.rgb, task.fh, task.fh_sigma)
-  maps.update(extra)
+  # Each stored kind's maps (mask_kinds), the cheap ones first: a missing one
+  # fails the input before FH runs; the record lists them in registry order.
+  kinds = mask_kinds.stored()
+  by_kind = {k.name: k.label_maps(item, dec.rgb, task)
+             for k in sorted(kinds, key=lambda k: k.expensive)}
+  maps = {name: m for k in kinds for name, m in by_kind[k.name].items()}
   try:
     rec = records.make_example(
         encoded=dec.encoded, image_format=dec.image_format,
@@ -197,13 +178,15 @@ def make_record(item, task):
 
 
 def abo_map_names(mask_names):
-  """The stored maps whose ABO a shard's sidecar records: FH maps and user.
+  """The stored maps whose ABO a shard's sidecar records (each kind's `abo_names`:
+  FH maps and user), in record order.
 
   None when no GT is stored (nothing to measure against).
   """
   if records.GT_MASK not in mask_names:
     return None
-  return [n for n in mask_names if n not in (records.GT_MASK, records.CLASS_MASK)]
+  scored = {n for k in mask_kinds.stored() for n in k.abo_names(mask_names)}
+  return [n for n in mask_names if n in scored]
 
 
 def abo_sidecar_entry(stats):

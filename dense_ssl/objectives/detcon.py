@@ -18,19 +18,19 @@ Two settings (config.objectives.detcon.shared_network):
 Config (config.objectives.detcon): weight, num_samples (16), temperature
 (0.1), local_negatives (True; False: other masks of the same image are not
 negatives), gather_negatives (True; False: negatives from this device only,
-Table 5), shared_network. The masks are config.data.mask (fh | gt | user | grid).
+Table 5), shared_network. The masks are config.data.mask (a kind of data_pipeline/mask_kinds/).
 """
 
 import jax
 import jax.numpy as jnp
 
+from data_pipeline import mask_kinds
 from dense_ssl.losses import detcon as detcon_losses
 from dense_ssl.models import resnet
 from dense_ssl.objectives import base
 from dense_ssl.ops import mask_pool as mp
 
 C5_STRIDE = resnet.C5_STRIDE
-MASK_KINDS = ('fh', 'gt', 'user', 'grid')  # config.data.mask (input_pipeline)
 
 
 def default_config(preset):
@@ -76,9 +76,10 @@ class DetCon(base.Objective):
     problems += base.check('objectives.detcon.num_samples',
                            config.objectives.detcon.num_samples, '>= 1', integer=True)
     mask = config.data.get('mask')
-    if mask not in MASK_KINDS:
+    if mask not in mask_kinds.names():
       problems.append(f'config.data.mask={mask!r}: DetCon (config.objectives.detcon) '
-                      f'pools features over masks: choose one of {"|".join(MASK_KINDS)}')
+                      f'pools features over masks: choose one of '
+                      f'{"|".join(mask_kinds.names())}')
     return problems
 
   def plan(self, batch, rng):
