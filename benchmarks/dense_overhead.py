@@ -48,9 +48,10 @@ def variant_config(variant):
   weights = dict(byol=1.0)
   if name != 'byol':
     weights[name] = DENSE_WEIGHT
-  # The demo's narrow heads below ResNet-50, the papers' from it on.
-  c = common.base_config(variant, 'demo' if _DEPTH.value < 50 else 'imagenet', **weights)
-  c = common.apply_preset(c, 'demo')
+  c = common.apply_preset(common.base_config(variant, **weights), 'demo')
+  if _DEPTH.value >= 50:
+    # The objectives' paper-size heads from ResNet-50 on (the demo preset narrows them).
+    c.objectives = common.base_config(variant, **weights).objectives
   c.model.depth = _DEPTH.value
   c.data.image_size = _IMAGE_SIZE.value
   c.batch_size = _BATCH.value

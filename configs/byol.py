@@ -13,6 +13,4 @@ from configs import common
 
 
 def get_config(arg=None):
-  preset = common.preset_name(arg)
-  c = common.base_config('byol', preset, byol=1.0)
-  return common.apply_preset(c, preset)
+  return common.make('byol', arg, weights=dict(byol=1.0))

@@ -10,7 +10,7 @@ lambda = 1; multi-crop as the public code and the paper's best setting
 (how local crops enter the loss: dense_ssl/objectives/clove.py).
 The 2-view CLoVE (Table 8's other rows): --config.data.num_local_crops=0.
 coco: the same on COCO. demo and test: 2 views (CPU: tiny local crops are
-slow there, see below; the tests set data.num_local_crops themselves).
+slow there: configs/common.py; the tests set data.num_local_crops themselves).
 
   python -m dense_ssl.main --config=configs/clove.py:imagenet --workdir=WORKDIR \
       --config.data.dir=MASKS_DIR
@@ -23,22 +23,15 @@ slow there, see below; the tests set data.num_local_crops themselves).
 from configs import common
 
 
-def get_config(arg=None):
-  preset = common.preset_name(arg)
-  c = common.base_config('clove', preset, clove=1.0)
+def setting(c):
   c.batch_size = 2048
   c.total_epochs = 400.0
   c.warmup_epochs = 5.0
   c.optimizer.update(name='lars', base_lr=1.0, weight_decay=2e-5)
   c.ema.base = 0.99
-  c.data.num_local_crops = 6
-  c = common.apply_preset(c, preset)
+  c.data.num_local_crops = 6        # The demo and test presets turn multi-crop off.
   c.data.mask = 'grid'              # No masks.
-  if preset in ('demo', 'test'):
-    # 2 views on CPU: local crops small enough for 96 px views (32 px, a 1 x 1
-    # C5 map) hit XLA:CPU's slow path for 3x3 convolutions on tiny maps
-    # (WORKSPACE.md section 8): 4 such crops made the demo step 3.5x slower
-    # (13-17 vs 3.7-5 s/step, measured). Multi-crop on CPU:
-    # --config.data.num_local_crops=4 --config.data.local_crop_size=32.
-    c.data.num_local_crops = 0
-  return c
+
+
+def get_config(arg=None):
+  return common.make('clove', arg, weights=dict(clove=1.0), setting=setting)

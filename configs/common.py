@@ -1,33 +1,55 @@
-"""Shared defaults and presets for every pretraining config.
+"""Every pretraining config is built here: the defaults, and one function per preset.
 
-A config is a set of objective weights plus overrides. A config file builds
-its paper setting on `base_config(name, preset, **weights)` and calls
-`apply_preset(config, preset)`; presets:
-  imagenet  the paper's setting on ImageNet (ResNet-50, 224 px, batch 4096)
-  coco      COCO pretraining: FH masks at scales {500, 1000, 1500}, one per example
-  demo      the embedded demo dataset on a CPU: ResNet-18, 96 px, minutes
-  test      seconds: for tests and smoke runs (ResNet-10, 64 px)
+A config file names its objectives' weights and the method's paper setting
+and calls `make(name, arg, weights=..., setting=...)`, the one path:
+
+  1. base_config(name, **weights): EVERY key's default (the only place a
+     default is stated; the readers in data_pipeline/ and dense_ssl/ take
+     keys and name a missing one), and every registered objective's
+     subtree in its paper setting (dense_ssl/objectives/, weight 0 = off);
+  2. setting(c): the method's paper hyper-parameters (the config file's),
+     then a named variant of them (`variants`, e.g. SCRL's paper200), which
+     builds on the imagenet preset;
+  3. apply_preset(c, preset): the preset, ONE function each (PRESETS), on
+     the whole config, each objective's `presets` entry included:
+       imagenet  the paper's setting on ImageNet (ResNet-50, 224 px), bfloat16
+       coco      COCO pretraining: FH masks at scales {500, 1000, 1500}, one per example
+       demo      the embedded demo dataset on a CPU: ResNet-18, 96 px, minutes
+       test      seconds: for tests and smoke runs (ResNet-10, 64 px)
+     A preset reads the setting (its optimiser, its mask kind) but never
+     undoes it: nothing is fixed up after it.
 The preset is the text after ':' in --config=configs/<name>.py:<preset>.
-
-config.objectives holds EVERY registered objective's subtree
-(dense_ssl/objectives/, weight 0 = off), so any objective can be switched on
-from the command line: --config.objectives.scrl.weight=0.5.
+Since config.objectives holds every objective's subtree, any objective can
+be switched on from the command line: --config.objectives.scrl.weight=0.5.
 """
 
 import ml_collections
 
 from dense_ssl import objectives
 
-PRESETS = ('imagenet', 'coco', 'demo', 'test')
+def make(name, arg, *, weights, setting=None, variants=None):
+  """Config `name` for the preset or variant named by `arg` (see the module docstring).
+
+  weights: objective name -> weight (the others 0); setting(c): the paper's
+  hyper-parameters; variants: {name: fn(c)}, changes on top of the setting,
+  built with the imagenet preset. 'paper' (or no argument) is 'imagenet'.
+  """
+  arg = (arg or 'imagenet').strip()
+  arg = 'imagenet' if arg == 'paper' else arg
+  variants = variants or {}
+  if arg not in PRESETS and arg not in variants:
+    raise ValueError(f'Unknown config preset {arg!r} for {name}: choose one of '
+                     f'{", ".join(tuple(PRESETS) + tuple(variants))} '
+                     f'(e.g. --config=configs/{name}.py:demo).')
+  c = base_config(name, **weights)
+  if setting is not None:
+    setting(c)
+  if arg in variants:
+    variants[arg](c)
+  return apply_preset(c, 'imagenet' if arg in variants else arg)
 
 
-def preset_name(arg):
-  """The preset named by the config argument ('paper' is 'imagenet'), validated."""
-  preset = (arg or 'imagenet').strip()
-  return 'imagenet' if preset == 'paper' else preset
-
-
-def base_config(name, preset, **weights):
+def base_config(name, **weights):
   """The shared defaults; `weights`: objective name -> weight (the others 0)."""
   c = ml_collections.ConfigDict()
   c.name = name                    # The run's name, for logs and checkpoints.
@@ -46,7 +68,7 @@ def base_config(name, preset, **weights):
   c.model = ml_collections.ConfigDict(dict(
       depth=50, width_multiplier=1, projector_hidden=4096, projector_dim=256,
       projector_bn=True, predictor_hidden=4096, dtype='float32'))
-  c.objectives = objectives.default_configs(preset)
+  c.objectives = objectives.default_configs()
   for objective, weight in weights.items():
     if objective not in c.objectives:
       raise ValueError(f'unknown objective {objective!r}; known: {sorted(c.objectives)}')
@@ -70,8 +92,13 @@ def base_config(name, preset, **weights):
       solarize_prob=(0.0, 0.2),
       shuffle_buffer=10_000,
       file_parallel_reads=8,
-      # Multi-crop (data_pipeline/view_config.py): N local crops after the
-      # global views; read only by objectives that use them (CLoVE).
+      # Multi-crop (SwAV, Caron et al. 2020; DINO, Caron et al. 2021; the
+      # views: data_pipeline/view_config.py): N local crops after the global
+      # views, read only by objectives that use them (CLoVE: Sec. 5.1, Table
+      # 8, "2 global 224 px + 6 local 96 px" in its public code). Their area
+      # range is SwAV's (0.05, 0.14), their colour DINO's local-crop recipe
+      # (blur p = 0.5, no solarisation): CLoVE's paper states neither, both
+      # are assumptions.
       num_local_crops=0,
       local_crop_size=96,
       local_crop_area=(0.05, 0.14),
@@ -90,58 +117,87 @@ def base_config(name, preset, **weights):
 
 
 def apply_preset(c, preset):
-  """Applies the preset's overrides of model, data and schedule; returns the config."""
+  """Applies preset PRESETS[preset] to the whole config; returns it."""
   if preset not in PRESETS:
     raise ValueError(f'Unknown config preset {preset!r} for {c.name}: choose one of '
                      f'{", ".join(PRESETS)} (e.g. --config=configs/{c.name}.py:demo).')
-  if preset in ('imagenet', 'coco'):
-    # Accelerator presets compute in bfloat16 (the MXU's native type; ~0.7x
-    # the HBM of float32: dense_ssl.compile_check). Parameters, optimiser
-    # state, BN statistics, the EMA and every head output the losses read
-    # stay float32 (models/network.py), so logits at temperature 0.1 are
-    # never bfloat16. The CPU presets (demo, test) keep float32.
-    c.model.dtype = 'bfloat16'
-  if preset == 'coco':
-    # DetCon Sec. 3.2: FH with s in {500, 1000, 1500}, c = s, on COCO. Its
-    # appendix A.3 (COCO schedule) is not in our copy of the paper: we keep the
-    # ImageNet optimiser and run 800 epochs of COCO train2017 (118k images) at
-    # batch 1024 -- a documented choice, not the paper's.
-    c.data.fh_scale = -1
-    c.batch_size = 1024
-    c.total_epochs = 800.0
-  elif preset == 'demo':
-    c.model.depth = 18
-    c.model.projector_hidden = 512
-    c.model.projector_dim = 128
-    c.model.predictor_hidden = 512
-    c.data.dir = 'out/demo/masks'
-    c.data.image_size = 96       # C5 grid 3 x 3; ~2 s/step on 2 cores at batch 32.
-    c.data.fh_scale = 500
-    c.data.shuffle_buffer = 2000
-    c.data.crop_area = (0.2, 1.0)
-    c.batch_size = 32
-    # The paper's 0.2 x 32/256 = 0.025 barely moves LARS weights in 125 steps
-    # (measured: loss 2.18 -> 1.99 at 60 steps vs 2.17 -> 1.86 with these);
-    # a short run also wants a faster-moving target.
-    c.optimizer.base_lr = 8.0
-    c.ema.base = 0.99
-    c.total_epochs = 2.0
-    c.warmup_epochs = 0.2
-    c.log_every_steps = 10
-    c.ckpt_every_steps = 50
-  elif preset == 'test':
-    c.model.depth = 10           # One basic block per stage: the trainer tests' tiny net.
-    c.model.projector_hidden = 64
-    c.model.projector_dim = 32
-    c.model.predictor_hidden = 64
-    c.data.image_size = 64
-    c.data.mask = 'gt'
-    c.data.shuffle_buffer = 16
-    c.data.file_parallel_reads = 1
-    c.batch_size = 8
-    c.total_steps = 2
-    c.warmup_epochs = 0.0
-    c.log_every_steps = 1
-    c.ckpt_every_steps = 1
-    c.keep_checkpoints = 2
+  PRESETS[preset](c)
+  # Each objective's own overrides (smaller heads, a shorter queue).
+  for name, cls in objectives.REGISTRY.items():
+    c.objectives[name].update(cls.presets.get(preset, {}))
   return c
+
+
+def imagenet(c):
+  """The paper's setting, computed in bfloat16 on accelerators.
+
+  bfloat16 is the MXU's native type (~0.7x the HBM of float32:
+  dense_ssl.compile_check). Parameters, optimiser state, BN statistics, the
+  EMA and every head output the losses read stay float32
+  (models/network.py), so logits at temperature 0.1 are never bfloat16.
+  The CPU presets (demo, test) keep float32.
+  """
+  c.model.dtype = 'bfloat16'
+
+
+def coco(c):
+  """COCO train2017 (118k images): FH maps at every stored scale, one per example.
+
+  DetCon Sec. 3.2: FH with s in {500, 1000, 1500}, c = s, on COCO. Its
+  appendix A.3 (COCO schedule) is not in our copy of the paper: we keep the
+  method's optimiser and run 800 epochs at batch 1024 -- a documented
+  choice, not the paper's.
+  """
+  imagenet(c)
+  c.data.fh_scale = -1
+  c.batch_size = 1024
+  c.total_epochs = 800.0
+
+
+def _cpu_network(c, *, depth, hidden, dim):
+  c.model.update(depth=depth, projector_hidden=hidden, projector_dim=dim,
+                 predictor_hidden=hidden)
+  # Multi-crop off: local crops small enough for these views (32 px, a 1 x 1
+  # C5 map) hit XLA:CPU's slow path for 3x3 convolutions on tiny maps
+  # (WORKSPACE.md section 8): 4 such crops made the demo step 3.5x slower
+  # (13-17 vs 3.7-5 s/step, measured). Multi-crop on CPU:
+  # --config.data.num_local_crops=4 --config.data.local_crop_size=32.
+  c.data.num_local_crops = 0
+
+
+def demo(c):
+  """The embedded demo dataset (launch/demo.sh) on a CPU: ResNet-18, 96 px, minutes."""
+  _cpu_network(c, depth=18, hidden=512, dim=128)
+  c.data.update(dir='out/demo/masks', image_size=96,   # C5 3 x 3; ~2 s/step at batch 32.
+                fh_scale=500, shuffle_buffer=2000, crop_area=(0.2, 1.0))
+  c.batch_size = 32
+  # The paper's LARS 0.2 x 32/256 = 0.025 barely moves the weights in 125
+  # steps (measured: loss 2.18 -> 1.99 at 60 steps vs 2.17 -> 1.86 with 8.0);
+  # SGD (MoCo, ReSim) takes 8x its paper LR (not tuned). A short run also
+  # wants a faster-moving target.
+  if c.optimizer.name == 'lars':
+    c.optimizer.base_lr = 8.0
+  else:
+    c.optimizer.base_lr *= 8
+  c.ema.base = 0.99
+  c.total_epochs = 2.0
+  c.warmup_epochs = 0.2
+  c.log_every_steps = 10
+  c.ckpt_every_steps = 50
+
+
+def test(c):
+  """Seconds, for tests and smoke runs: ResNet-10 (one basic block per stage), 64 px."""
+  _cpu_network(c, depth=10, hidden=64, dim=32)
+  c.data.update(image_size=64, shuffle_buffer=16, file_parallel_reads=1)
+  if c.data.mask == 'fh':
+    c.data.mask = 'gt'     # The tests' datasets store GT maps (tests/mask_records.py).
+  c.batch_size = 8
+  c.total_steps = 2
+  c.warmup_epochs = 0.0
+  c.log_every_steps = 1
+  c.ckpt_every_steps = 1
+  c.keep_checkpoints = 2
+
+
+PRESETS = dict(imagenet=imagenet, coco=coco, demo=demo, test=test)

@@ -21,6 +21,4 @@ from configs import common
 
 
 def get_config(arg=None):
-  preset = common.preset_name(arg)
-  c = common.base_config('detcon_b', preset, detcon=1.0)
-  return common.apply_preset(c, preset)
+  return common.make('detcon_b', arg, weights=dict(detcon=1.0))

@@ -19,6 +19,4 @@ from configs import common
 
 
 def get_config(arg=None):
-  preset = common.preset_name(arg)
-  c = common.base_config('detcon_b_lc', preset, detcon=0.9, lc=0.1)
-  return common.apply_preset(c, preset)
+  return common.make('detcon_b_lc', arg, weights=dict(detcon=0.9, lc=0.1))

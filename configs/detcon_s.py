@@ -18,10 +18,11 @@ gathered mask vectors are differentiated on both sides (no target network),
 from configs import common
 
 
-def get_config(arg=None):
-  preset = common.preset_name(arg)
-  c = common.base_config('detcon_s', preset, detcon=1.0)
+def setting(c):
+  """SimCLR's optimisation, one shared network (no predictor, no EMA)."""
   c.objectives.detcon.shared_network = True
-  c.optimizer.base_lr = 0.3
-  c.optimizer.weight_decay = 1e-6
-  return common.apply_preset(c, preset)
+  c.optimizer.update(base_lr=0.3, weight_decay=1e-6)
+
+
+def get_config(arg=None):
+  return common.make('detcon_s', arg, weights=dict(detcon=1.0), setting=setting)

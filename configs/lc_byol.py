@@ -18,10 +18,11 @@ from configs import common
 ALPHA = 0.1  # LC Eq. 5: (1 - alpha) L_BYOL + alpha L_LC.
 
 
-def get_config(arg=None):
-  preset = common.preset_name(arg)
-  c = common.base_config('lc_byol', preset, byol=1 - ALPHA, lc=ALPHA)
+def setting(c):
   c.data.view_modes = ('color_only', 'crop')
-  c = common.apply_preset(c, preset)
   c.data.mask = 'grid'              # LC-loss uses no masks.
-  return c
+
+
+def get_config(arg=None):
+  return common.make('lc_byol', arg, weights=dict(byol=1 - ALPHA, lc=ALPHA),
+                     setting=setting)

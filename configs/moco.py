@@ -15,7 +15,7 @@ temperature 0.2, head 2048 -> 2048 -> 128 without BN; MoCo-v2 views (crop
 from configs import common
 
 
-def moco_v2_setting(c):
+def setting(c):
   """MoCo-v2's optimiser, momentum encoder, head and views (shared with ReSim)."""
   c.batch_size = 256
   c.total_epochs = 200.0
@@ -25,25 +25,8 @@ def moco_v2_setting(c):
   c.model.update(projector_hidden=2048, projector_dim=128, projector_bn=False)
   c.data.update(crop_area=(0.2, 1.0), saturation=0.4, blur_prob=(0.5, 0.5),
                 solarize_prob=(0.0, 0.0))
-  return c
-
-
-def moco_presets(c, preset):
-  """The common presets; demo/test get an SGD LR for short runs.
-
-  (The queue follows the preset in objectives/moco.py: whole demo/test batches.)
-  """
-  c = common.apply_preset(c, preset)
-  if preset in ('demo', 'test'):
-    # The common demo preset's LARS 8.0 does not suit SGD: 8x MoCo's 0.03
-    # for the short run (not tuned, as the demo's DetCon-B LR was).
-    c.optimizer.update(name='sgd', base_lr=0.03 * 8, weight_decay=1e-4)
-    c.ema.update(base=0.99, schedule='constant')
   c.data.mask = 'grid'               # No masks.
-  return c
 
 
 def get_config(arg=None):
-  preset = common.preset_name(arg)
-  c = moco_v2_setting(common.base_config('moco', preset, moco=1.0))
-  return moco_presets(c, preset)
+  return common.make('moco', arg, weights=dict(moco=1.0), setting=setting)

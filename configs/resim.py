@@ -23,12 +23,17 @@ from configs import common
 from configs import moco
 
 
-def get_config(arg=None):
-  arg = (arg or 'imagenet').strip()
-  preset = 'imagenet' if arg == 'in100' else common.preset_name(arg)
-  c = moco.moco_v2_setting(common.base_config('resim', preset, moco=1.0, resim=1.0))
+def setting(c):
+  """MoCo-v2's (configs/moco.py); the two views share one flip (Sec. 3.3)."""
+  moco.setting(c)
   c.data.shared_flip = True
-  if arg == 'in100':
-    c.total_epochs = 500.0
-    c.objectives.moco.queue_size = 16384
-  return moco.moco_presets(c, preset)
+
+
+def in100(c):
+  c.total_epochs = 500.0
+  c.objectives.moco.queue_size = 16384
+
+
+def get_config(arg=None):
+  return common.make('resim', arg, weights=dict(moco=1.0, resim=1.0), setting=setting,
+                     variants=dict(in100=in100))

@@ -36,18 +36,20 @@ rejection off (Table 7); --config.objectives.scrl.num_boxes=K (Table 6).
 from configs import common
 
 
-def get_config(arg=None):
-  arg = (arg or 'imagenet').strip()
-  preset = 'imagenet' if arg == 'paper200' else common.preset_name(arg)
-  # SCRL's code: the box loss only (--config.objectives.byol.weight=1 adds BYOL's).
-  c = common.base_config('scrl', preset, scrl=1.0)
+def setting(c):
   c.data.crop_area = (0.2, 1.0)
+  c.data.mask = 'grid'              # No masks: grids are made on the fly.
   c.batch_size = 8192
-  if arg == 'paper200':
-    c.total_epochs = 200.0
-    c.optimizer.base_lr = 0.45
-    c.optimizer.weight_decay = 1e-6
-    c.ema.base = 0.97
-  c = common.apply_preset(c, preset)
-  c.data.mask = 'grid'
-  return c
+
+
+def paper200(c):
+  """The official code's 200-epoch config."""
+  c.total_epochs = 200.0
+  c.optimizer.update(base_lr=0.45, weight_decay=1e-6)
+  c.ema.base = 0.97
+
+
+def get_config(arg=None):
+  # SCRL's code: the box loss only (--config.objectives.byol.weight=1 adds BYOL's).
+  return common.make('scrl', arg, weights=dict(scrl=1.0), setting=setting,
+                     variants=dict(paper200=paper200))

@@ -11,9 +11,9 @@ batch 4096, 1000 epochs; negatives gathered over all devices.
 from configs import common
 
 
+def setting(c):
+  c.optimizer.update(base_lr=0.3, weight_decay=1e-6)
+
+
 def get_config(arg=None):
-  preset = common.preset_name(arg)
-  c = common.base_config('simclr', preset, simclr=1.0)
-  c.optimizer.base_lr = 0.3
-  c.optimizer.weight_decay = 1e-6
-  return common.apply_preset(c, preset)
+  return common.make('simclr', arg, weights=dict(simclr=1.0), setting=setting)

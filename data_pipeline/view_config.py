@@ -52,16 +52,6 @@ def optional(cfg, key):
     return None
 
 
-# Multi-crop (SwAV, Caron et al. 2020; DINO, Caron et al. 2021), used by
-# CLoVE (Sec. 5.1, Table 8: "2 global 224 px + 6 local 96 px" in its public
-# code). The local crops' area range is SwAV's (0.05, 0.14); their colour is
-# DINO's local-crop recipe (blur with p = 0.5, no solarisation). CLoVE's paper
-# states neither: both are assumptions, set by config.data.local_*
-# (configs/common.py; dense_ssl/config_check.py still reads these).
-LOCAL_DEFAULTS = dict(num_local_crops=0, local_crop_size=96, local_crop_area=(0.05, 0.14),
-                      local_blur_prob=0.5, local_solarize_prob=0.0)
-
-
 @dataclasses.dataclass(frozen=True)
 class ViewSpec:
   """How one view is made. `mode`: 'crop' (crop + flip + colour) or 'color_only'.

@@ -26,13 +26,12 @@ data; dense_ssl.train.train_and_evaluate calls it first thing too (also with
 the device count).
 """
 
-from dense_ssl import objectives as objectives_lib
 from data_pipeline import mask_kinds
-from data_pipeline.view_config import LOCAL_DEFAULTS, VIEW_MODES
+from data_pipeline.view_config import VIEW_MODES
+from dense_ssl import objectives as objectives_lib
 from dense_ssl import optim
+from dense_ssl.config_rules import check, is_number
 from dense_ssl.models import resnet
-from dense_ssl.objectives.base import check
-from dense_ssl.objectives.base import is_number
 
 DTYPES = ('float32', 'bfloat16', 'float16')
 C5_STRIDE = resnet.C5_STRIDE
@@ -98,11 +97,11 @@ def _training_problems(config, num_devices):
   if num_devices and not p and batch % num_devices:
     p.append(f'config.batch_size={batch}: must be divisible by the {num_devices} '
              f'devices; choose a multiple of {num_devices}')
-  total_steps = config.get('total_steps', 0)
+  total_steps = config.get('total_steps')
   p += check('total_steps', total_steps, '>= 0', integer=True)
   if is_number(total_steps) and total_steps == 0:
     p += check('total_epochs', config.get('total_epochs'), '> 0')
-  p += check('warmup_epochs', config.get('warmup_epochs', 0.0), '>= 0')
+  p += check('warmup_epochs', config.get('warmup_epochs'), '>= 0')
   for key in ('log_every_steps', 'ckpt_every_steps', 'keep_checkpoints'):
     if key in config:
       p += check(key, config[key], '>= 1', integer=True)
@@ -123,13 +122,13 @@ def _training_problems(config, num_devices):
 
   ema = config.get('ema') or {}
   p += check('ema.base', ema.get('base'), 'in [0, 1]')
-  p += _choice('ema.schedule', ema.get('schedule', 'cosine'), optim.EMA_SCHEDULES)
+  p += _choice('ema.schedule', ema.get('schedule'), optim.EMA_SCHEDULES)
 
   m = config.get('model') or {}
   p += _choice('model.depth', m.get('depth'), sorted(resnet.RESNET_SPECS))
   for key in ('width_multiplier', 'projector_hidden', 'projector_dim', 'predictor_hidden'):
     p += check(f'model.{key}', m.get(key), '>= 1', integer=True)
-  p += _choice('model.dtype', m.get('dtype', 'float32'), DTYPES)
+  p += _choice('model.dtype', m.get('dtype'), DTYPES)
   return p
 
 
@@ -137,8 +136,8 @@ def _data_problems(config):
   d = config.get('data') or {}
   p = []
   p += _image_size('data.image_size', d.get('image_size'))
-  modes = d.get('view_modes', ('crop', 'crop'))
-  if isinstance(modes, str) or len(modes) < 2:
+  modes = d.get('view_modes')
+  if modes is None or isinstance(modes, str) or len(modes) < 2:
     p.append(f'config.data.view_modes={modes!r}: give (at least) two views, e.g. '
              "('crop', 'crop')")
     n_views = 2
@@ -151,15 +150,15 @@ def _data_problems(config):
   if d.get('view_sizes') is not None:
     for i, size in enumerate(d.view_sizes):
       p += _image_size(f'data.view_sizes[{i}]', size)
-  p += _pair('data.crop_area', d.get('crop_area', (0.08, 1.0)), low=0, high=1,
+  p += _pair('data.crop_area', d.get('crop_area'), low=0, high=1,
              what='the area range')
   if d.get('view_crop_areas') is not None:
     for i, area in enumerate(d.view_crop_areas):
       p += _pair(f'data.view_crop_areas[{i}]', area, low=0, high=1,
                  what='the area range')
-  p += _pair('data.crop_aspect', d.get('crop_aspect', (3 / 4, 4 / 3)), low=0,
+  p += _pair('data.crop_aspect', d.get('crop_aspect'), low=0,
              what='the aspect-ratio range')
-  p += _pair('data.blur_sigma', d.get('blur_sigma', (0.1, 2.0)), low=0,
+  p += _pair('data.blur_sigma', d.get('blur_sigma'), low=0,
              what='the sigma range')
   for key in ('color_jitter_prob', 'grayscale_prob'):
     if key in d:
@@ -189,10 +188,10 @@ def _data_problems(config):
   for key in ('shuffle_buffer', 'file_parallel_reads'):
     if key in d:
       p += check(f'data.{key}', d[key], '>= 1', integer=True)
-  n_local = d.get('num_local_crops', 0)
+  n_local = d.get('num_local_crops')
   p += check('data.num_local_crops', n_local, '>= 0', integer=True)
   if is_number(n_local, integer=True) and n_local > 0:
-    local = lambda key: d.get(key, LOCAL_DEFAULTS[key])
+    local = d.get
     p += _image_size('data.local_crop_size', local('local_crop_size'))
     p += _pair('data.local_crop_area', local('local_crop_area'), low=0, high=1,
                what='the area range')
@@ -222,12 +221,12 @@ def _objective_problems(config):
   if not active and not p:
     p.append('config.objectives: every weight is 0; give at least one objective a '
              'weight, e.g. --config.objectives.byol.weight=1.0')
-  globals_on = [n for n in active if registry[n][0].is_global]
+  globals_on = [n for n in active if registry[n].is_global]
   if len(globals_on) > 1:
     p.append(f'config.objectives: {len(globals_on)} global objectives are on '
              f'({", ".join(globals_on)}); at most one: set the weight of the others to 0')
   for name in active:
-    p += registry[name][0].validate(config)
+    p += registry[name].validate(config)
   return p
 
 
@@ -236,7 +235,7 @@ def _dataset_problems(config):
   # Imported here: it brings TensorFlow, which the pure checks do not need.
   from data_pipeline import input_pipeline  # pylint: disable=g-import-not-at-top
   d = config.get('data') or {}
-  data_dir = d.get('dir', '')
+  data_dir = d.get('dir')
   if not data_dir:
     return [f'config.data.dir={data_dir!r}: set it to a mask dataset directory (written '
             'by python -m data_pipeline.precompute_masks)']
@@ -253,7 +252,7 @@ def _dataset_problems(config):
   p = []
   if not int(manifest.get('num_examples', 0) or 0):
     p.append(f'config.data.dir={data_dir!r}: the mask dataset has no examples')
-  split = d.get('split', 'train')
+  split = d.get('split')
   if manifest.get('split', split) != split:
     p.append(f'config.data.split={split!r}: {data_dir} holds split '
              f'{manifest["split"]!r}')

@@ -71,7 +71,7 @@ class Method:
                       'crops (only %s do): the pipeline makes them and the step ignores '
                       'them; set config.data.num_local_crops=0 to save the host the work',
                       view_config.num_local_crops(config.data),
-                      [n for n, (cls, _) in objectives_lib.REGISTRY.items()
+                      [n for n, cls in objectives_lib.REGISTRY.items()
                        if cls.uses_local_crops])
     passes = frozenset().union(*(o.passes for o in self.objectives))
     self.passes = passes if self.uses_target else frozenset(

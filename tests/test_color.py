@@ -123,7 +123,7 @@ def _configs():
   from configs import common  # pylint: disable=g-import-not-at-top
   from configs import lc_byol  # pylint: disable=g-import-not-at-top
   from configs import moco  # pylint: disable=g-import-not-at-top
-  base = common.base_config('byol', 'demo', byol=1.0)
+  base = common.apply_preset(common.base_config('byol', byol=1.0), 'demo')
   return [base.data, lc_byol.get_config('demo').data, moco.get_config('demo').data,
           fake_data.data_config(view_modes=('crop', 'crop', 'crop'), blur_prob=(1., .1, .5),
                                 solarize_prob=(0., .2, .3), hue=0.05, grayscale_prob=0.)]

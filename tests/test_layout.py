@@ -134,7 +134,7 @@ def test_every_objective_is_one_file_registered_once():
   folder = os.path.join(REPO, 'dense_ssl', 'objectives')
   files = {f[:-3] for f in os.listdir(folder) if f.endswith('.py')} - {'__init__', 'base'}
   assert files == set(objectives.REGISTRY)
-  for name, (cls, _) in objectives.REGISTRY.items():
+  for name, cls in objectives.REGISTRY.items():
     assert cls.__module__ == f'dense_ssl.objectives.{name}' and cls.name == name
 
 

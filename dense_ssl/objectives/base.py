@@ -21,7 +21,10 @@ Interface (class attributes and methods; all optional but `name` and `loss`):
                    the online network then also runs on them, once, on all
                    local crops of the device batch together (Context.online_local)
   passes           the (branch, view) forward passes it reads
-  default_config(preset) -> its config subtree (module-level function)
+  default_config() -> its config subtree in the paper's setting (classmethod)
+  presets          {preset: {key: value}}: its subtree's overrides in a preset
+                   (demo, test: smaller heads, a shorter queue), applied by
+                   the one preset function (configs/common.py apply_preset)
   heads(feats, train=, online=, dtype=, bn_axis_name=) -> {output name: value}
                    builds its own Flax heads inside the network; online=False
                    for the EMA target (heads only the online side has are
@@ -35,7 +38,7 @@ Interface (class attributes and methods; all optional but `name` and `loss`):
                    of range, or what it needs elsewhere in the config; one
                    line per problem naming the full key
                    (`config.objectives.<name>.<key>=<value>: must be ...`),
-                   via `check`. Called for active objectives before anything
+                   via `config_rules.check`. Called for active objectives before anything
                    starts (dense_ssl/config_check.py); the base class checks
                    every `temperature` / `*_temperature` > 0.
 
@@ -47,14 +50,14 @@ step with the mapped axis AXIS bound.
 """
 
 import dataclasses
-import math
-import numbers
 import zlib
 from typing import Any, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+
+from dense_ssl import config_rules
 
 AXIS = 'batch'  # The data-parallel mesh axis: cross-replica BN and gathers.
 ONLINE, TARGET = 'online', 'target'
@@ -87,39 +90,6 @@ def objective_config(weight=0.0, **hyper):
   return ml_collections.ConfigDict(dict(weight=float(weight), **hyper))
 
 
-# rule -> (test, words): the ranges `check` knows.
-_RULES = {
-    '> 0': (lambda v: v > 0, 'must be > 0'),
-    '>= 0': (lambda v: v >= 0, 'must be >= 0'),
-    '>= 1': (lambda v: v >= 1, 'must be >= 1'),
-    'in [0, 1]': (lambda v: 0 <= v <= 1, 'must be in [0, 1]'),
-    'in [0, 1)': (lambda v: 0 <= v < 1, 'must be in [0, 1)'),
-    'in (0, 1]': (lambda v: 0 < v <= 1, 'must be in (0, 1]'),
-}
-
-
-def is_number(value, integer=False):
-  """A finite int/float (not bool); with integer, an int."""
-  if isinstance(value, bool) or not isinstance(value, numbers.Real):
-    return False
-  if integer:
-    return isinstance(value, numbers.Integral)
-  return math.isfinite(float(value))
-
-
-def check(key, value, rule, *, integer=False):
-  """[] or one problem line `config.<key>=<value>: must be <rule>`.
-
-  `key` is the dotted path under config (e.g. 'objectives.detcon.num_samples');
-  `rule` one of _RULES ('> 0', '>= 0', '>= 1', 'in [0, 1]', 'in [0, 1)',
-  'in (0, 1]'); integer: the value must also be an int.
-  """
-  test, words = _RULES[rule]
-  if not is_number(value, integer) or not test(value):
-    return [f'config.{key}={value!r}: {words}' + (' (an integer)' if integer else '')]
-  return []
-
-
 class Objective:
   """Base class of one loss term; see the module docstring."""
   name = ''
@@ -129,8 +99,15 @@ class Objective:
   has_state = False
   uses_local_crops = False
   passes = ALL_PASSES
+  presets = {}
+
+  @classmethod
+  def default_config(cls):
+    """config.objectives.<name>: weight 0 (off) and the paper's hyper-parameters."""
+    return objective_config()
 
   def __init__(self, config):
+    """`config` has passed dense_ssl/config_check.py (its `validate` hook included)."""
     self.config = config
     self.c = config.objectives[self.name]      # This objective's subtree.
 
@@ -166,7 +143,7 @@ class Objective:
     problems = []
     for key in c:
       if key == 'temperature' or key.endswith('_temperature'):
-        problems += check(f'objectives.{cls.name}.{key}', c[key], '> 0')
+        problems += config_rules.check(f'objectives.{cls.name}.{key}', c[key], '> 0')
     return problems
 
 

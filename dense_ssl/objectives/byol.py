@@ -11,15 +11,14 @@ from dense_ssl.losses import byol as byol_losses
 from dense_ssl.objectives import base
 
 
-def default_config(preset):
-  del preset
-  return base.objective_config()
-
-
 class BYOL(base.Objective):
   name = 'byol'
   is_global = True
   uses_predictor = True
+
+  @classmethod
+  def default_config(cls):
+    return base.objective_config()
 
   def pools(self, plan, view):
     return {'global': base.global_pool}

@@ -37,16 +37,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dense_ssl import config_rules
 from dense_ssl.losses import clove as clove_losses
 from dense_ssl.models import heads
 from dense_ssl.objectives import base
 from dense_ssl.ops import geometry
-
-
-def default_config(preset):
-  hidden, dim = {'demo': (512, 128), 'test': (64, 32)}.get(preset, (4096, 256))
-  return base.objective_config(t_pos=0.7, top_k=10, margin=100.0, lam=1.0, hidden=hidden,
-                               dim=dim, attention_heads=8, attention_temperature=0.1)
 
 
 class NormalizedMultiHeadAttention(nn.Module):
@@ -86,28 +81,27 @@ class NormalizedMultiHeadAttention(nn.Module):
 class CLoVE(base.Objective):
   name = 'clove'
   uses_local_crops = True
+  presets = {'demo': dict(hidden=512, dim=128), 'test': dict(hidden=64, dim=32)}
 
-  def __init__(self, config):
-    super().__init__(config)
-    if self.c.attention_heads and self.c.dim % self.c.attention_heads:
-      raise ValueError(f'config.objectives.clove.dim={self.c.dim} must be a multiple of '
-                       f'config.objectives.clove.attention_heads={self.c.attention_heads} '
-                       '(the NMHSA splits the channels over the heads)')
+  @classmethod
+  def default_config(cls):
+    return base.objective_config(t_pos=0.7, top_k=10, margin=100.0, lam=1.0, hidden=4096,
+                                 dim=256, attention_heads=8, attention_temperature=0.1)
 
   @classmethod
   def validate(cls, config):
     c, p = config.objectives.clove, 'objectives.clove'
     problems = (super().validate(config)
-                + base.check(f'{p}.t_pos', c.t_pos, '> 0')
-                + base.check(f'{p}.top_k', c.top_k, '>= 1', integer=True)
-                + base.check(f'{p}.margin', c.margin, '>= 0')
-                + base.check(f'{p}.lam', c.lam, '>= 0')
-                + base.check(f'{p}.hidden', c.hidden, '>= 1', integer=True)
-                + base.check(f'{p}.dim', c.dim, '>= 1', integer=True))
-    heads_problems = base.check(f'{p}.attention_heads', c.attention_heads, '>= 0',
+                + config_rules.check(f'{p}.t_pos', c.t_pos, '> 0')
+                + config_rules.check(f'{p}.top_k', c.top_k, '>= 1', integer=True)
+                + config_rules.check(f'{p}.margin', c.margin, '>= 0')
+                + config_rules.check(f'{p}.lam', c.lam, '>= 0')
+                + config_rules.check(f'{p}.hidden', c.hidden, '>= 1', integer=True)
+                + config_rules.check(f'{p}.dim', c.dim, '>= 1', integer=True))
+    heads_problems = config_rules.check(f'{p}.attention_heads', c.attention_heads, '>= 0',
                                 integer=True)
     problems += heads_problems
-    if (not heads_problems and c.attention_heads and base.is_number(c.dim, True)
+    if (not heads_problems and c.attention_heads and config_rules.is_number(c.dim, True)
         and c.dim % c.attention_heads):
       problems.append(f'config.{p}.dim={c.dim}: must be a multiple of '
                       f'config.{p}.attention_heads={c.attention_heads} (the NMHSA '

@@ -24,6 +24,7 @@ Table 5), shared_network. The masks are config.data.mask (a kind of data_pipelin
 import jax
 import jax.numpy as jnp
 
+from dense_ssl import config_rules
 from data_pipeline import mask_kinds
 from dense_ssl.losses import detcon as detcon_losses
 from dense_ssl.models import resnet
@@ -31,12 +32,6 @@ from dense_ssl.objectives import base
 from dense_ssl.ops import mask_pool as mp
 
 C5_STRIDE = resnet.C5_STRIDE
-
-
-def default_config(preset):
-  return base.objective_config(
-      num_samples=4 if preset == 'test' else 16, temperature=0.1,
-      local_negatives=True, gather_negatives=True, shared_network=False)
 
 
 def sample_view_masks(rng, mask, num_samples, per_example=False):
@@ -61,6 +56,12 @@ def mask_pool_fn(cell_ids, ids):
 
 class DetCon(base.Objective):
   name = 'detcon'
+  presets = {'test': dict(num_samples=4)}
+
+  @classmethod
+  def default_config(cls):
+    return base.objective_config(num_samples=16, temperature=0.1, local_negatives=True,
+                                 gather_negatives=True, shared_network=False)
 
   def __init__(self, config):
     super().__init__(config)
@@ -73,7 +74,7 @@ class DetCon(base.Objective):
   @classmethod
   def validate(cls, config):
     problems = super().validate(config)
-    problems += base.check('objectives.detcon.num_samples',
+    problems += config_rules.check('objectives.detcon.num_samples',
                            config.objectives.detcon.num_samples, '>= 1', integer=True)
     mask = config.data.get('mask')
     if mask not in mask_kinds.names():

@@ -19,15 +19,11 @@ paper, an assumption), local_hidden (0: 2048 x model.width_multiplier, the paper
 local_dim (256).
 """
 
+from dense_ssl import config_rules
 from dense_ssl.losses import lc as lc_losses
 from dense_ssl.models import heads
 from dense_ssl.objectives import base
 from dense_ssl.ops import geometry
-
-
-def default_config(preset):
-  hidden, dim = {'demo': (512, 128), 'test': (64, 32)}.get(preset, (0, 256))
-  return base.objective_config(temperature=0.1, local_hidden=hidden, local_dim=dim)
 
 
 def local_loss(batch, target_local, online_local, temperature):
@@ -42,13 +38,19 @@ def local_loss(batch, target_local, online_local, temperature):
 class LC(base.Objective):
   name = 'lc'
   passes = frozenset({(base.TARGET, 0), (base.ONLINE, 1)})
+  presets = {'demo': dict(local_hidden=512, local_dim=128),
+             'test': dict(local_hidden=64, local_dim=32)}
+
+  @classmethod
+  def default_config(cls):
+    return base.objective_config(temperature=0.1, local_hidden=0, local_dim=256)
 
   @classmethod
   def validate(cls, config):
     c = config.objectives.lc
     return (super().validate(config)
-            + base.check('objectives.lc.local_hidden', c.local_hidden, '>= 0', integer=True)
-            + base.check('objectives.lc.local_dim', c.local_dim, '>= 1', integer=True))
+            + config_rules.check('objectives.lc.local_hidden', c.local_hidden, '>= 0', integer=True)
+            + config_rules.check('objectives.lc.local_dim', c.local_dim, '>= 1', integer=True))
 
   def heads(self, feats, *, train, online, dtype, bn_axis_name):
     del online

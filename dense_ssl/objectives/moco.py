@@ -19,15 +19,10 @@ Config (config.objectives.moco): weight, queue_size (65,536), temperature (0.2).
 import jax
 import jax.numpy as jnp
 
+from dense_ssl import config_rules
 from dense_ssl.losses import moco as moco_losses
 from dense_ssl.losses.detcon import l2_normalize
 from dense_ssl.objectives import base
-
-
-def default_config(preset):
-  # The queue holds whole global batches: 1,024 / 64 keys for the demo / test batches.
-  queue = {'demo': 1024, 'test': 64}.get(preset, 65536)
-  return base.objective_config(queue_size=queue, temperature=0.2)
 
 
 class MoCo(base.Objective):
@@ -35,21 +30,20 @@ class MoCo(base.Objective):
   is_global = True
   has_state = True
   passes = frozenset({(base.ONLINE, 0), (base.TARGET, 1)})
+  # The queue holds whole global batches: 1,024 / 64 keys for the demo / test batches.
+  presets = {'demo': dict(queue_size=1024), 'test': dict(queue_size=64)}
 
-  def __init__(self, config):
-    super().__init__(config)
-    size, batch = int(self.c.queue_size), int(config.batch_size)
-    if size % batch:
-      raise ValueError(f'config.objectives.moco.queue_size={size} must be a multiple of '
-                       f'config.batch_size={batch} (the queue takes whole global batches)')
+  @classmethod
+  def default_config(cls):
+    return base.objective_config(queue_size=65536, temperature=0.2)
 
   @classmethod
   def validate(cls, config):
     c, key = config.objectives.moco, 'objectives.moco.queue_size'
-    problems = super().validate(config) + base.check(key, c.queue_size, '>= 1',
+    problems = super().validate(config) + config_rules.check(key, c.queue_size, '>= 1',
                                                      integer=True)
     batch = config.get('batch_size')
-    if not problems and base.is_number(batch, True) and batch > 0 and c.queue_size % batch:
+    if not problems and config_rules.is_number(batch, True) and batch > 0 and c.queue_size % batch:
       problems.append(f'config.{key}={c.queue_size}: must be a multiple of '
                       f'config.batch_size={batch} (the queue takes whole global batches)')
     return problems

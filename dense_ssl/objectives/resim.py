@@ -33,6 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dense_ssl import config_rules
 from dense_ssl.losses import resim as resim_losses
 from dense_ssl.models import heads
 from dense_ssl.objectives import base
@@ -44,12 +45,6 @@ LEVELS = {
     'c4': (('c4', 16, True),),
     'fpn': (('p4', 16, True), ('p3', 8, False)),
 }
-
-
-def default_config(preset):
-  region_dim, fpn_dim = {'demo': (64, 64), 'test': (32, 32)}.get(preset, (128, 256))
-  return base.objective_config(variant='c4', temperature=0.2, negative_kernel=3,
-                               region_dim=region_dim, fpn_dim=fpn_dim)
 
 
 class RegionHead(nn.Module):
@@ -74,12 +69,15 @@ class RegionHead(nn.Module):
 class ReSim(base.Objective):
   name = 'resim'
   passes = frozenset({(base.ONLINE, 0), (base.TARGET, 1)})
+  presets = {'demo': dict(region_dim=64, fpn_dim=64), 'test': dict(region_dim=32, fpn_dim=32)}
+
+  @classmethod
+  def default_config(cls):
+    return base.objective_config(variant='c4', temperature=0.2, negative_kernel=3,
+                                 region_dim=128, fpn_dim=256)
 
   def __init__(self, config):
     super().__init__(config)
-    if self.c.variant not in LEVELS:
-      raise ValueError(f'config.objectives.resim.variant={self.c.variant!r}: choose one '
-                       f'of {sorted(LEVELS)}')
     self.levels = LEVELS[self.c.variant]
 
   @classmethod
@@ -90,9 +88,9 @@ class ReSim(base.Objective):
       problems.append(f'config.{p}.variant={c.variant!r}: choose one of '
                       f'{"|".join(sorted(LEVELS))}')
     return (problems
-            + base.check(f'{p}.negative_kernel', c.negative_kernel, '>= 1', integer=True)
-            + base.check(f'{p}.region_dim', c.region_dim, '>= 0', integer=True)
-            + base.check(f'{p}.fpn_dim', c.fpn_dim, '>= 1', integer=True))
+            + config_rules.check(f'{p}.negative_kernel', c.negative_kernel, '>= 1', integer=True)
+            + config_rules.check(f'{p}.region_dim', c.region_dim, '>= 0', integer=True)
+            + config_rules.check(f'{p}.fpn_dim', c.fpn_dim, '>= 1', integer=True))
 
   def heads(self, feats, *, train, online, dtype, bn_axis_name):
     del online

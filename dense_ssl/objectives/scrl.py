@@ -33,6 +33,7 @@ Config (config.objectives.scrl): weight, num_boxes (K = 10), min_box_size
 import jax
 import jax.numpy as jnp
 
+from dense_ssl import config_rules
 from dense_ssl.losses import scrl as scrl_losses
 from dense_ssl.models import resnet
 from dense_ssl.objectives import base
@@ -40,12 +41,6 @@ from dense_ssl.ops import geometry
 from dense_ssl.ops import roi
 
 C5_STRIDE = resnet.C5_STRIDE
-
-
-def default_config(preset):
-  del preset
-  return base.objective_config(num_boxes=10, min_box_size=0.0, box_iou_threshold=0.5,
-                               sampling_ratio=0, roi_aligned=True)
 
 
 def box_pool(boxes, *, sampling_ratio, aligned):
@@ -93,15 +88,20 @@ class SCRL(base.Objective):
   uses_predictor = True
 
   @classmethod
+  def default_config(cls):
+    return base.objective_config(num_boxes=10, min_box_size=0.0, box_iou_threshold=0.5,
+                                 sampling_ratio=0, roi_aligned=True)
+
+  @classmethod
   def validate(cls, config):
     c, p = config.objectives.scrl, 'objectives.scrl'
     problems = (super().validate(config)
-                + base.check(f'{p}.num_boxes', c.num_boxes, '>= 1', integer=True)
-                + base.check(f'{p}.min_box_size', c.min_box_size, '>= 0')
-                + base.check(f'{p}.box_iou_threshold', c.box_iou_threshold, 'in (0, 1]')
-                + base.check(f'{p}.sampling_ratio', c.sampling_ratio, '>= 0', integer=True))
+                + config_rules.check(f'{p}.num_boxes', c.num_boxes, '>= 1', integer=True)
+                + config_rules.check(f'{p}.min_box_size', c.min_box_size, '>= 0')
+                + config_rules.check(f'{p}.box_iou_threshold', c.box_iou_threshold, 'in (0, 1]')
+                + config_rules.check(f'{p}.sampling_ratio', c.sampling_ratio, '>= 0', integer=True))
     size = config.data.get('image_size')
-    if (base.is_number(c.min_box_size) and base.is_number(size)
+    if (config_rules.is_number(c.min_box_size) and config_rules.is_number(size)
         and c.min_box_size >= size > 0):
       problems.append(f'config.{p}.min_box_size={c.min_box_size!r}: must be smaller '
                       f'than config.data.image_size={size} (0: 32 px at 224 px)')

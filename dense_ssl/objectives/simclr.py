@@ -12,16 +12,15 @@ from dense_ssl.losses import simclr as simclr_losses
 from dense_ssl.objectives import base
 
 
-def default_config(preset):
-  del preset
-  return base.objective_config(temperature=0.1, gather_negatives=True)
-
-
 class SimCLR(base.Objective):
   name = 'simclr'
   is_global = True
   uses_target = False
   passes = frozenset({(base.ONLINE, 0), (base.ONLINE, 1)})
+
+  @classmethod
+  def default_config(cls):
+    return base.objective_config(temperature=0.1, gather_negatives=True)
 
   def pools(self, plan, view):
     return {'global': base.global_pool}

@@ -1,0 +1,42 @@
+"""The words of a config check: `check(key, value, rule)` -> [] or one problem line.
+
+Used by dense_ssl/config_check.py and by the objectives' `validate` hooks
+(dense_ssl/objectives/), so that every range problem reads the same:
+`config.<key>=<value>: must be <rule>`.
+"""
+
+import math
+import numbers
+
+# rule -> (test, words): the ranges `check` knows.
+_RULES = {
+    '> 0': (lambda v: v > 0, 'must be > 0'),
+    '>= 0': (lambda v: v >= 0, 'must be >= 0'),
+    '>= 1': (lambda v: v >= 1, 'must be >= 1'),
+    'in [0, 1]': (lambda v: 0 <= v <= 1, 'must be in [0, 1]'),
+    'in [0, 1)': (lambda v: 0 <= v < 1, 'must be in [0, 1)'),
+    'in (0, 1]': (lambda v: 0 < v <= 1, 'must be in (0, 1]'),
+}
+
+
+def is_number(value, integer=False):
+  """A finite int/float (not bool); with integer, an int."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    return False
+  if integer:
+    return isinstance(value, numbers.Integral)
+  return math.isfinite(float(value))
+
+
+def check(key, value, rule, *, integer=False):
+  """[] or one problem line `config.<key>=<value>: must be <rule>`.
+
+  `key` is the dotted path under config (e.g. 'objectives.detcon.num_samples');
+  `rule` one of _RULES ('> 0', '>= 0', '>= 1', 'in [0, 1]', 'in [0, 1)',
+  'in (0, 1]'); integer: the value must also be an int.
+  """
+  test, words = _RULES[rule]
+  if not is_number(value, integer) or not test(value):
+    return [f'config.{key}={value!r}: {words}' + (' (an integer)' if integer else '')]
+  return []
+
