@@ -38,6 +38,11 @@ def import_tensorflow():
   # TF's runtime INFO lines ("TFRecordDataset `buffer_size` is unspecified",
   # one per dataset) are off unless asked for; its warnings and errors stay.
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+  # oneDNN's kernels off: tf.data here crops, resizes and decodes, which
+  # they do not speed up, and on a CPU without AVX-512 they print "oneDNN
+  # supports DT_INT32 only on platforms with AVX-512" mid-run (a runtime
+  # notice no filter above reaches). TF_ENABLE_ONEDNN_OPTS=1 turns them on.
+  os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
   sys.stderr.flush()
   saved = os.dup(2)
   with tempfile.TemporaryFile(mode='w+b') as captured:
