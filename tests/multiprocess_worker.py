@@ -8,8 +8,8 @@ test hooks: every process logs at INFO (main.py quiets processes > 0, and
 the tests read "resuming from step N" from each); when training returns,
 FILE.npz gets the final step, the last logged loss and the online
 parameters as THIS process holds them; with --fixed_batch_out the process
-then also runs `run(FIXED_BATCH_STEPS)` (DetCon-B steps on a fixed global
-batch, in the processes main joined) and writes its losses and parameters
+then also runs `run(config, FIXED_BATCH_STEPS)` (the run's own step on a
+fixed global batch, in the processes main joined) and writes its losses and parameters
 to FILE2.npz; with --late_exit_s this process then sleeps S seconds before
 main.py goes on to its end (a process that finishes well after the others).
 """
@@ -21,42 +21,44 @@ import sys
 FIXED_BATCH_STEPS = 2
 
 
-def run(steps):
-  """S DetCon-B test-preset steps on a fixed global batch, over all devices.
+def run(config, steps):
+  """S steps of the trainer's own step for `config` on one fixed global batch.
 
-  Works in any process layout: each process feeds its own devices' slice.
+  The step is the program train_and_evaluate compiles for the run's config
+  (here from the persistent cache); the batch is the dataset's first global
+  batch as ONE process reads it, each process feeding its own devices'
+  slice, so any process layout steps on the same global batch. The learning
+  rate is 2.0 x batch/256 (an input of the step), large enough that the
+  updates are worth comparing.
   Returns (losses [S], {param path: array} as this process holds them).
   """
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from configs import detcon_b  # pylint: disable=g-import-not-at-top
+  from data_pipeline import input_pipeline  # pylint: disable=g-import-not-at-top
   from dense_ssl import method as method_lib  # pylint: disable=g-import-not-at-top
   from dense_ssl import optim, train  # pylint: disable=g-import-not-at-top
-  from tests.fake_data import fake_batch  # pylint: disable=g-import-not-at-top
 
-  config = detcon_b.get_config('test')
-  config.optimizer.base_lr = 2.0
   mesh = train.make_mesh()
   method = method_lib.Method(config)
-  schedule = optim.learning_rate_schedule(config, 10, 0)
-  tx = optim.make_optimizer(config, schedule)
-  n_dev = jax.device_count()
-  batch = fake_batch(n_dev * 2, 1)                  # 2 examples per device.
-  local_devices = jax.local_device_count()
-  first = jax.process_index() * local_devices * 2   # This process's slice.
-  local = {k: v[first:first + local_devices * 2].reshape(
-      (local_devices, 2) + v.shape[1:]) for k, v in batch.items()}
+  n_dev, local_devices = jax.device_count(), jax.local_device_count()
+  whole = next(input_pipeline.make_pretrain_iterator(
+      config.data, global_batch_size=config.batch_size, seed=config.seed, start_step=0,
+      process_index=0, process_count=1, num_local_devices=n_dev))  # [n_dev, B, ...]
+  first = jax.process_index() * local_devices                      # This process's slice.
+  local = {k: v[first:first + local_devices] for k, v in whole.items()}
+  tx = optim.make_optimizer(config, optim.learning_rate_schedule(config, 10, 0))
   state = train.init_state(method, tx, config, local, mesh)
   step = train.compile_train_step(method, functools.partial(optim.make_optimizer, config),
-                                  mesh)
-  hyper = optim.step_hyperparameters(config, 10, 0)
+                                  mesh, seed=config.seed, data_config=config.data)
+  faster = config.copy_and_resolve_references()
+  faster.optimizer.base_lr = 2.0
+  hyper = optim.step_hyperparameters(faster, 10, 0)
   batch = train.global_batch(local, mesh)
   # Compile first, then meet: gloo gives a process 30 s to join the first
   # collective, and a loaded machine can compile one process that much later.
   step = step.lower(state, batch, hyper(0)).compile()
   if jax.process_count() > 1:
-    from jax._src import distributed  # pylint: disable=g-import-not-at-top
-    distributed.global_state.client.wait_at_barrier('worker_compiled', 600_000)
+    train.wait_for_all_processes('worker_compiled', 600)
   losses = []
   for k in range(steps):
     state, metrics = step(state, batch, hyper(k))
@@ -68,7 +70,7 @@ def run(steps):
 
 def record_main(out, main_flags, late_exit_s=0.0, fixed_batch_out=None):
   """dense_ssl.main with `main_flags`; saves this process's final state to out
-  (and run(FIXED_BATCH_STEPS)'s results to fixed_batch_out)."""
+  (and run(config, FIXED_BATCH_STEPS)'s results to fixed_batch_out)."""
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import logging  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
@@ -87,7 +89,7 @@ def record_main(out, main_flags, late_exit_s=0.0, fixed_batch_out=None):
       np.savez(out, step=result['step'],
                loss=result['metrics'].get('train/loss', np.nan), **flat)
     if fixed_batch_out:
-      losses, flat = run(FIXED_BATCH_STEPS)
+      losses, flat = run(config, FIXED_BATCH_STEPS)
       np.savez(fixed_batch_out, losses=np.asarray(losses), **flat)
     if late_exit_s:
       logging.info('test hook: finishing %.0f s late', late_exit_s)

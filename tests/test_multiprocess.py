@@ -19,6 +19,7 @@ import time
 import numpy as np
 import pytest
 
+from configs import detcon_b
 from tests import multiprocess_worker
 from tests import subprocess_env
 
@@ -130,8 +131,9 @@ def test_losing_a_process_then_a_damaged_checkpoint_and_a_late_finisher(
   3. An uninterrupted run of the same config (total_steps included: it sets
      the learning-rate and EMA schedules) ends in the same state as the
      killed, damaged and resumed one. Its processes then run
-     tests.multiprocess_worker's fixed-batch DetCon-B steps, which must
-     equal the same global batch over this pytest process's 4 devices (the
+     tests.multiprocess_worker's fixed-batch steps (the run's own step
+     program, from the compilation cache), which must equal the same global
+     batch over this pytest process's 4 devices (the
      same loss and update with 2 processes x 2 devices as with 1 x 4).
   Resuming the latest checkpoint directly is checked in one process
   (tests/test_train.py). No wall-time assertion (timeouts are generous):
@@ -259,9 +261,12 @@ def test_losing_a_process_then_a_damaged_checkpoint_and_a_late_finisher(
     np.testing.assert_allclose(r0[name], ref[name], rtol=2e-4, atol=2e-5)
 
   # 2 processes x 2 devices = 1 process x 4 devices (this pytest process,
-  # conftest) on the same global batch.
+  # conftest) on the same global batch, through the run's own step.
   f0, f1 = [np.load(tmp_path / f'fixed{i}.npz') for i in range(2)]
-  losses, params = multiprocess_worker.run(multiprocess_worker.FIXED_BATCH_STEPS)
+  config = detcon_b.get_config('test')
+  config.data.dir = data_dir
+  config.total_steps = steps
+  losses, params = multiprocess_worker.run(config, multiprocess_worker.FIXED_BATCH_STEPS)
   np.testing.assert_array_equal(f0['losses'], f1['losses'])
   np.testing.assert_allclose(f0['losses'], losses, rtol=1e-5)
   for name, value in params.items():
