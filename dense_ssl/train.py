@@ -238,34 +238,29 @@ def _format_duration(seconds):
   return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
 
 
-class MetricWriter:
-  """TensorBoard scalars (process 0 only) through tf.summary."""
+def make_writer(workdir, is_chief):
+  """The run's one metric writer (clu): TensorBoard scalars from process 0.
 
-  def __init__(self, workdir, enabled):
-    self.enabled = enabled
-    if enabled:
-      tf = tf_setup.import_tensorflow()
-      self._tf = tf
-      self._writer = tf.summary.create_file_writer(workdir)
-
-  def write(self, step, scalars):
-    if not self.enabled:
-      return
-    with self._writer.as_default():
-      for k, v in scalars.items():
-        self._tf.summary.scalar(k, float(v), step=step)
-    self._writer.flush()
-
-  def close(self):
-    if self.enabled:
-      self._writer.close()
+  Only the summary writer: clu's default writer adds a LoggingWriter, which
+  would repeat every scalar as a log line beside Progress's. The other
+  processes get a writer that writes nothing.
+  """
+  tf_setup.import_tensorflow()   # clu's writer imports TensorFlow: the quiet import first.
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  if not is_chief:
+    return metric_writers.MultiWriter([])
+  return metric_writers.SummaryWriter(workdir)
 
 
 class Progress:
   """The log line: loss, LR, throughput, data wait and ETA (process 0 logs it).
 
   Means over the steps since the last line (smoother curves); the first
-  step (compilation) is left out of the throughput and the ETA.
+  step (compilation) is left out of the throughput and the ETA. Kept beside
+  clu (not clu.periodic_actions.ReportProgress): that action reports steps/s
+  and the ETA as work-unit notes and scalars, but not the loss, the
+  learning rate or the share of time spent waiting for data, which is what
+  a researcher reads in this line.
   """
 
   def __init__(self, config, total_steps, steps_per_epoch, num_devices):
@@ -453,7 +448,7 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
         seed=config.seed, epoch=step / steps_per_epoch))
 
   # -------------------------------------------------------------- loop ---
-  writer = MetricWriter(workdir, is_chief)
+  writer = make_writer(workdir, is_chief)
   progress = Progress(config, total_steps, steps_per_epoch, num_devices)
   pending = collections.deque()          # (step, device metrics) not yet read.
   logged = []                            # Host metrics since the last log line.
@@ -503,7 +498,8 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
         drain(keep=0)
         scalars = progress.log_line(step, logged)
         logged.clear()
-        writer.write(step, scalars)
+        writer.write_scalars(step, scalars)
+        writer.flush()
 
       # --------------------------------------------------- checkpoint ---
       if step % config.ckpt_every_steps == 0 or is_last or stop_now:

@@ -21,6 +21,7 @@ from dense_ssl import method as method_lib
 from dense_ssl import optim
 from dense_ssl import train
 from dense_ssl.objectives.base import AXIS
+from tests import trained_run as trained_run_lib
 from tests.fake_data import fake_batch
 
 CONFIGS = dict(byol=byol, simclr=simclr, detcon_b=detcon_b, detcon_s=detcon_s, clove=clove)
@@ -227,3 +228,22 @@ def test_workdir_of_another_run_is_refused(data_dir, tmp_path):
   other = make_config('simclr', data_dir, total_steps=1)
   with pytest.raises(ValueError, match=r'config.objectives.byol.weight=1.0 but this run has 0.0'):
     train.train_and_evaluate(other, str(tmp_path))
+
+
+@pytest.mark.xdist_group(trained_run_lib.XDIST_GROUP)
+def test_the_run_writes_its_scalars_through_one_writer(trained_run):
+  # The trainer's clu writer: TensorBoard event files, read back here with
+  # TensorFlow's own reader, a value per logged step (the test preset logs
+  # every step).
+  import glob  # pylint: disable=g-import-not-at-top
+  from data_pipeline import tf_setup  # pylint: disable=g-import-not-at-top
+  tf = tf_setup.import_tensorflow()
+  scalars = {}
+  for path in glob.glob(os.path.join(trained_run.workdir, 'events.out.tfevents.*')):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for v in event.summary.value:
+        scalars.setdefault(v.tag, []).append((event.step, float(tf.make_ndarray(v.tensor))))
+  scalars = {k: sorted(v) for k, v in scalars.items()}
+  assert [s for s, _ in scalars['train/loss']] == list(range(1, trained_run_lib.STEPS + 1))
+  assert all(np.isfinite(v) for _, v in scalars['train/loss'])
+  assert {'train/learning_rate', 'train/tau', 'train/epoch', 'perf/step_time_s'} <= set(scalars)
