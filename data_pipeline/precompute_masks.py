@@ -26,12 +26,20 @@ folder:DIR  every *.jpg/.jpeg/.png/.bmp/.webp under DIR (recursive, any case,
   file name that is not valid UTF-8 is a failure (rename it). Item j of n goes to
   shard j mod k, so every shard mixes all subfolders (e.g. ImageNet classes)
   and a re-run assigns the same items to the same shards.
+  Image labels (--labels, default on) follow torchvision's ImageFolder: when
+  no image lies directly in DIR and at least two first-level subfolders hold
+  images, DIR/<class>/.../<image> gets the label of <class>, ids = the sorted
+  class folder names (manifest label_names). A flat DIR (images directly in
+  it) stores none; images both directly in DIR and in subfolders are refused
+  (move them into one layout, or --nolabels).
 tfds:NAME:SPLIT  a TFDS dataset already prepared under --data_dir; this tool
   never downloads. The original encoded bytes are read
   (tfds.decode.SkipDecoding). Shard i holds a contiguous index range of the
   split (TFDS shuffles examples when it prepares a dataset), read by each
   worker itself as `SPLIT[a:b]`, so memory stays bounded. The id is
-  image/filename (or file_name, else TFDS's own example id).
+  image/filename (or file_name, else TFDS's own example id). A `label`
+  ClassLabel feature (imagenet2012) is stored as the image label (--labels),
+  its names as manifest label_names.
 demo  the synthetic scenes of data_pipeline/demo_dataset.py (--num_examples,
   --demo_seed, --image_size), contiguous ranges, with GT and class maps. The
   split name picks the scenes: --split_name=train (default) is scenes 0..n-1,
@@ -174,6 +182,14 @@ flags.DEFINE_string('user_masks', None, 'Folder of PNG label maps, same relative
                     ' path stem as the images; stored as map "user".', flag_values=FLAGS)
 flags.DEFINE_bool('gt', True, 'Store GT instance maps when the source has them.',
                   flag_values=FLAGS)
+flags.DEFINE_bool('labels', True, 'Store the image-level class label (int64'
+                  ' image/label; manifest label_names, num_labels) when the source has'
+                  ' one: a TFDS `label` ClassLabel, or a folder with one subfolder per'
+                  ' class (DIR/<class>/<image>, ids = sorted subfolder names; at least'
+                  ' two; images may sit deeper in a class folder). A flat folder has'
+                  ' none; images both directly in DIR and in subfolders are refused.'
+                  ' --nolabels stores none (any layout; resumes runs written before'
+                  ' labels).', flag_values=FLAGS)
 flags.DEFINE_float('max_pixels', 50e6, 'Larger images are failures.', flag_values=FLAGS)
 flags.DEFINE_integer('min_image_size', 32, 'Images whose smaller side is below this'
                      ' are failures (too small for a crop).', flag_values=FLAGS)

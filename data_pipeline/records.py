@@ -17,6 +17,11 @@ Feature keys (all scalars unless noted):
   image/width        int64   Full-resolution width.
   image/id           bytes   Stable id: the path relative to the source folder,
                              or the TFDS example id.
+  image/label        int64   Optional: the image-level class label, 0..n-1, when
+                             the source has one (a TFDS `label` ClassLabel; a
+                             folder in class-subfolder layout). The manifest then
+                             holds `label_names` (index = label) and `num_labels`;
+                             every record of such a dataset has a label.
   mask/names         bytes[] Names of the label maps stored for this image, e.g.
                              fh_s1000_m1000_sig0.8, gt, class, user.
   mask/<name>/encoded bytes  The label map, lossless, in the narrowest PNG that
@@ -62,6 +67,11 @@ from data_pipeline import tf_setup
 
 # 2: label maps with ids < 256 are stored as png8 (version 1 wrote png16 for
 # them). Readers decode every version up to FORMAT_VERSION.
+# The version changes only when a reader of the previous version would fail
+# on or misread the new records. A new optional feature that older readers
+# simply do not parse (the `class` map, image/label) keeps the version: the
+# manifest says whether a dataset has it (mask_names, num_labels), and readers
+# treat a dataset without it as not having it.
 FORMAT_VERSION = 2
 
 
@@ -86,6 +96,7 @@ IMAGE_ORIGINAL_FORMAT = 'image/original_format'
 IMAGE_HEIGHT = 'image/height'
 IMAGE_WIDTH = 'image/width'
 IMAGE_ID = 'image/id'
+IMAGE_LABEL = 'image/label'
 MASK_NAMES = 'mask/names'
 
 PNG8 = 'png8'
@@ -152,8 +163,9 @@ def decode_label_map(data, encoding):
 
 
 def make_example(*, encoded, image_format, original_format, transcoded, height,
-                 width, image_id, label_maps):
-  """Serialises one record. `label_maps` maps name -> int array [height, width]."""
+                 width, image_id, label_maps, label=None):
+  """Serialises one record. `label_maps` maps name -> int array [height, width];
+  `label`: the image-level class label (int >= 0), or None: not stored."""
   tf = tf_setup.import_tensorflow()  # Lazy: only writers need TF protos.
 
   def b(v):
@@ -172,6 +184,10 @@ def make_example(*, encoded, image_format, original_format, transcoded, height,
       IMAGE_ID: b([image_id.encode()]),
       MASK_NAMES: b([n.encode() for n in label_maps]),
   }
+  if label is not None:
+    if int(label) < 0:
+      raise ValueError(f'image label {label} of {image_id} is negative')
+    feats[IMAGE_LABEL] = i([int(label)])
   for name, labels in label_maps.items():
     if labels.shape != (height, width):
       raise ValueError(f'label map {name!r} of {image_id} has shape {labels.shape},'
@@ -187,7 +203,7 @@ def parse_example_numpy(serialized):
   """Parses a record into numpy (for tests and tools, not the input pipeline).
 
   Returns dict(id, height, width, format, transcoded, original_format,
-  encoded, masks={name: int32 [H, W]}).
+  encoded, label (int, or None when the record has none), masks={name: int32 [H, W]}).
   """
   tf = tf_setup.import_tensorflow()
 
@@ -206,6 +222,7 @@ def parse_example_numpy(serialized):
       original_format=f[IMAGE_ORIGINAL_FORMAT].bytes_list.value[0].decode(),
       transcoded=bool(f[IMAGE_TRANSCODED].int64_list.value[0]),
       encoded=f[IMAGE_ENCODED].bytes_list.value[0],
+      label=f[IMAGE_LABEL].int64_list.value[0] if IMAGE_LABEL in f else None,
       masks=masks,
   )
 

@@ -96,8 +96,9 @@ def test_fh_maps_equal_skimage_after_round_trip(tmp_path):
   save(f'{src}/noise_big.png', rng.integers(0, 256, (260, 260, 3), np.uint8))
   # Scale 0.001 / min_size 0 leaves noise nearly one segment per pixel: more
   # than 256 (png16) and, for the 260 x 260 image, more than 65,535 (png_rgb24).
+  # Images in the folder and in a subfolder: a mixed layout takes --nolabels.
   assert run(tmp_path / 'out', f'--source=folder:{src}', '--fh_scales=0.001,100',
-             '--fh_min_sizes=0,20', '--num_shards=2') == 0
+             '--fh_min_sizes=0,20', '--num_shards=2', '--nolabels') == 0
   manifest, exs = read_dataset(tmp_path / 'out')
   tiny = records.fh_mask_name(0.001, 0, 0.8)
   assert manifest['mask_names'] == [tiny, FH100]
@@ -327,7 +328,7 @@ def test_user_masks(tmp_path):
   save(f'{masks}/sub/b.png', pal)
   save(f'{masks}/d.png', np.zeros((10, 12), np.uint8))
   assert run(tmp_path / 'out', f'--source=folder:{src}', f'--user_masks={masks}',
-             *FAST) == 0
+             *FAST, '--nolabels') == 0  # A mixed layout (test_labels.py).
   manifest, exs = read_dataset(tmp_path / 'out')
   assert manifest['mask_names'] == [FH100, records.USER_MASK]
   assert sorted(exs) == ['a.png', 'sub/b.jpg']
@@ -538,6 +539,9 @@ def test_tfds_source_keeps_bytes_and_reads_panoptic_gt(tmp_path, capsys):
   manifest, exs = read_dataset(tmp_path / 'out4')
   assert manifest['mask_names'] == [FH100, records.GT_MASK, records.CLASS_MASK]
   assert manifest['abo']['num_images'] == 3
+  # VOID, then TFDS's panoptic category names: the class probe's 134 ids.
+  assert manifest['class_names'] == ['VOID', *map(str, range(133))]
+  assert ip.probe_targets(manifest) == ('class',) and ip.num_map_classes(manifest) == 134
   for i in range(3):
     ex = exs[f'{i:03d}.jpg']
     expected = np.zeros(PHOTO.shape[:2], np.int32)

@@ -44,6 +44,7 @@ class Params:
   num_shards: int = None
   user_masks: str = None
   gt: bool = True
+  labels: bool = True
   max_pixels: float = 50e6
   min_image_size: int = 32
   split_name: str = 'train'
@@ -126,10 +127,14 @@ def check_out_dir(out_dir, run_params, lock=None):
         diff = [f'{k}: {stored.get(k)!r} there, {run_params.get(k)!r} now'
                 for k in sorted(set(stored) | set(run_params))
                 if stored.get(k) != run_params.get(k)]
+        hint = ''
+        if 'image_labels' in run_params and 'image_labels' not in stored:
+          hint = (' A run written without image labels (e.g. before they were'
+                  ' stored) resumes with --nolabels.')
         raise PrecomputeError(
             f'--out_dir={out_dir} holds a run with different parameters ('
             + '; '.join(diff) + '). Re-run with the same parameters to resume it, or'
-            ' use a new --out_dir (or delete this one) to start over.')
+            ' use a new --out_dir (or delete this one) to start over.' + hint)
       return True
     if foreign():
       raise PrecomputeError(f'--out_dir={out_dir} is not empty and has no params.json'
@@ -296,7 +301,7 @@ def plan_job(params, log=print, command_extra=()):
       params.source, data_dir=params.data_dir, num_examples=params.num_examples,
       demo_seed=params.demo_seed, image_size=params.image_size, limit=params.limit,
       split_name=params.split_name, first_index=params.demo_first_index,
-      demo_appearance=params.demo_appearance)
+      demo_appearance=params.demo_appearance, labels=params.labels)
   gt = bool(params.gt and source.has_gt)
   classes = gt and source.has_classes
   if params.gt and not source.has_gt and source.kind == 'tfds':
@@ -330,6 +335,8 @@ def plan_job(params, log=print, command_extra=()):
       'items_fingerprint': source.fingerprint,
       # Only when stored: params.json of runs without class maps is unchanged.
       **({'class_map': True} if classes else {}),
+      # Likewise; a run from before image labels resumes with --nolabels.
+      **({'image_labels': True} if source.label_names else {}),
   }))
   out_dir = shards.normalize_out_dir(params.out_dir)
   command = command_line(params, command_extra)
@@ -339,7 +346,9 @@ def plan_job(params, log=print, command_extra=()):
   resumed = check_out_dir(out_dir, run_params, lock)
   try:
     log(f'precompute_masks: {source.description}: {n} inputs -> {k} shards in'
-        f' {out_dir}; maps {", ".join(mask_names)}')
+        f' {out_dir}; maps {", ".join(mask_names)}'
+        + (f'; image labels ({len(source.label_names)} classes)'
+           if source.label_names else ''))
     skipped_json = skipped.as_json()
     if skipped_json['count']:
       kinds = ', '.join(f'{e or "(none)"} {c}'
@@ -432,6 +441,9 @@ def build_manifest(plan, sidecars, *, parameters, timing, runner='local', partia
       # Names of the class map's ids (index = id), where the source has them.
       **({'class_names': list(plan.source.class_names)}
          if plan.source.class_names and plan.source.has_classes else {}),
+      # Image labels (records.IMAGE_LABEL in every record), where stored.
+      **({'label_names': list(plan.source.label_names),
+          'num_labels': len(plan.source.label_names)} if plan.source.label_names else {}),
       'fh': plan.fh_entries,
       'shards': [_shard_entry(s) for s in all_shards],
       # The largest id of any stored label map (None if a shard predates it).

@@ -171,7 +171,8 @@ def make_record(item, task):
     rec = records.make_example(
         encoded=dec.encoded, image_format=dec.image_format,
         original_format=dec.original_format, transcoded=dec.transcoded,
-        height=height, width=width, image_id=item.id, label_maps=maps)
+        height=height, width=width, image_id=item.id, label_maps=maps,
+        label=item.label)
   except ValueError as e:  # Ids that cannot be stored losslessly.
     raise ImageFailure(str(e)) from None
   return rec, dec, maps

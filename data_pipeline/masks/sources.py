@@ -3,7 +3,8 @@
 `open_source` runs in the main process and learns what a source holds (a
 picklable Source); `shard_positions` says which items a shard holds and
 `iterate_items` yields them in the worker. The rules (ids, which items go to
-which shard) are in data_pipeline/precompute_masks.py's docstring ("Sources").
+which shard) are in data_pipeline/precompute_masks.py's docstring ("Sources"),
+as is how a folder's class-subfolder layout gives image labels (folder_labels).
 """
 
 import dataclasses
@@ -27,6 +28,7 @@ class Item:
   load: object
   gt: object = None  # None, or a callable returning int [H, W].
   classes: object = None  # None, or a callable returning the class map int [H, W].
+  label: int = None       # The image-level class label (records.IMAGE_LABEL), or None.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +40,7 @@ class Source:
   has_gt: bool
   has_classes: bool = False    # a semantic class map next to GT (records.CLASS_MASK)
   class_names: tuple = ()      # the class map's names, index = id (manifest 'class_names')
+  label_names: tuple = ()      # image labels' names, index = label; () = none stored
   root: str = ''               # folder
   builder_dir: str = ''        # tfds: the prepared, versioned dataset folder
   tfds_name: str = ''
@@ -116,6 +119,33 @@ def list_folder(root):
   return sorted(out), skipped
 
 
+def folder_labels(spec, ids):
+  """The class names of a folder in class-subfolder layout, else ().
+
+  `ids`: every image path under the folder, relative, with '/'. The layout of
+  torchvision's ImageFolder: root/<class>/.../<image>, the class is the
+  first-level subfolder (images may sit deeper below it), ids = the sorted
+  names of the subfolders that hold images. Labelled when no image lies
+  directly in the folder and at least two class folders hold images; a flat
+  folder (every image directly in it) or a single subfolder has none. Images
+  both directly in the folder and in subfolders are refused (PrecomputeError
+  naming the folder): --nolabels stores no labels and takes any layout.
+  """
+  top = [i for i in ids if '/' not in i]
+  if len(top) == len(ids):
+    return ()
+  if top:
+    nested = next(i for i in ids if '/' in i)
+    raise PrecomputeError(
+        f'--source={spec}: mixed layout: {len(top)} images lie directly in the folder'
+        f' (e.g. {printable(top[0])}) and {len(ids) - len(top)} in subfolders (e.g.'
+        f' {printable(nested)}). Image labels need one subfolder per class'
+        ' (root/<class>/<image>) and a flat folder has none: move the images into'
+        ' one layout, or pass --nolabels to store no image labels')
+  names = tuple(sorted({i.split('/', 1)[0] for i in ids}))
+  return names if len(names) >= 2 else ()
+
+
 def demo_first_index(split_name, first_index=None):
   """The demo scene index where split `split_name` starts.
 
@@ -138,8 +168,12 @@ def demo_first_index(split_name, first_index=None):
 
 def open_source(spec, *, data_dir=None, num_examples=None, demo_seed=0,
                 image_size=128, limit=None, split_name='train', first_index=None,
-                demo_appearance='random'):
+                demo_appearance='random', labels=True):
   """Parses --source and enumerates it. Returns (Source, folder ids or None, Skipped).
+
+  With `labels` (--labels) the Source's label_names are the image labels'
+  names where the source has them (folder_labels; a TFDS `label` ClassLabel's
+  names), else ().
 
   Demo: the scenes first .. first + n - 1, first = demo_first_index(split_name,
   first_index); a default range that would run into the next split's is refused.
@@ -151,6 +185,8 @@ def open_source(spec, *, data_dir=None, num_examples=None, demo_seed=0,
     if not rest or not os.path.isdir(root):
       raise PrecomputeError(f'--source=folder:{rest}: {root!r} is not a directory')
     ids, skipped = list_folder(root)
+    # From the whole listing: --limit must not renumber the classes.
+    label_names = folder_labels(spec, ids) if labels else ()
     if limit:
       ids = ids[:limit]
     if not ids:
@@ -162,9 +198,9 @@ def open_source(spec, *, data_dir=None, num_examples=None, demo_seed=0,
              f' {other["by_extension"]}' if other['count'] else ''))
     digest = hashlib.sha256('\n'.join(ids).encode('utf-8', 'surrogateescape'))
     src = Source('folder', f'folder:{root}', len(ids), False, root=root,
-                 fingerprint=digest.hexdigest())
+                 label_names=label_names, fingerprint=digest.hexdigest())
   elif kind == 'tfds':
-    src = _open_tfds(rest, data_dir, limit)
+    src = _open_tfds(rest, data_dir, limit, labels)
   elif kind == 'demo' and not rest:
     from data_pipeline import demo_dataset  # Lazy: only the demo needs it.
     n = demo_dataset.DEFAULT_NUM_EXAMPLES if num_examples is None else num_examples
@@ -226,7 +262,21 @@ def _has_panoptic_labels(features):
   return 'id' in keys and 'label' in keys
 
 
-def _open_tfds(rest, data_dir, limit):
+def _tfds_label_names(features):
+  """The names of a TFDS `label` ClassLabel feature (imagenet2012's), else ()."""
+  if 'label' not in features.keys():
+    return ()
+  names = getattr(features['label'], 'names', None)
+  return tuple(names) if type(features['label']).__name__ == 'ClassLabel' and names else ()
+
+
+def _tfds_class_names(features):
+  """The `class` map's names for coco/2017_panoptic: 'VOID', then the panoptic categories."""
+  names = getattr(features['panoptic_objects'].feature['label'], 'names', None)
+  return ('VOID', *names) if names else ()
+
+
+def _open_tfds(rest, data_dir, limit, labels=True):
   name, _, split = rest.rpartition(':')
   if not name or not split:
     raise PrecomputeError(f'--source=tfds:{rest}: use tfds:NAME:SPLIT, e.g.'
@@ -263,8 +313,11 @@ def _open_tfds(rest, data_dir, limit):
     raise PrecomputeError(f'--source=tfds:{rest}: split {split!r} is empty')
   gt_kind = _tfds_gt_kind(features)
   builder_dir = os.fspath(builder.data_dir)
+  has_classes = gt_kind == 'panoptic' and _has_panoptic_labels(features)
   return Source('tfds', f'tfds:{name}:{split} ({builder_dir})', n, bool(gt_kind),
-                has_classes=gt_kind == 'panoptic' and _has_panoptic_labels(features),
+                has_classes=has_classes,
+                class_names=_tfds_class_names(features) if has_classes else (),
+                label_names=_tfds_label_names(features) if labels else (),
                 builder_dir=builder_dir, tfds_name=name, tfds_split=split,
                 gt_kind=gt_kind,
                 fingerprint=f'{name}:{builder.info.version}:{split}:{n}')
@@ -281,9 +334,11 @@ def shard_positions(source, num_shards, index):
 def iterate_items(source, positions, folder_ids=None):
   """Yields the Items of one shard (runs in the worker)."""
   if source.kind == 'folder':
+    label_ids = {name: i for i, name in enumerate(source.label_names)}
     for rel in folder_ids:
       path = os.path.join(source.root, rel)
-      yield Item(rel, path, lambda path=path: _read_file(path))
+      label = label_ids[rel.split('/', 1)[0]] if label_ids else None
+      yield Item(rel, path, lambda path=path: _read_file(path), label=label)
   elif source.kind == 'demo':
     if not positions:
       return
@@ -343,5 +398,6 @@ def _iterate_tfds(source, positions):
     elif source.gt_kind.startswith('objects/'):
       pngs = list(ex['objects'][source.gt_kind.split('/', 1)[1]])
       gt = lambda pngs=pngs: label_maps.png_masks_to_instances(pngs)
+    label = int(ex['label']) if source.label_names else None
     yield Item(image_id, f'tfds:{source.tfds_name}:{source.tfds_split}[{pos}]',
-               lambda data=ex['image']: data, gt=gt, classes=classes)
+               lambda data=ex['image']: data, gt=gt, classes=classes, label=label)
