@@ -21,6 +21,11 @@ Batches (WORKSPACE.md, section 4), leading dims [num_local_devices, per_device_b
   ImageNet-normalised (color_on='host'); view{k}/mask [D, B, S, S] in the smallest integer type that holds the
   ids (mask_dtype: uint8, uint16 or int32); view{k}/box float32 [D, B, 4]
   (y0, x0, y1, x1); view{k}/flip int32 [D, B].
+With probe_targets=True (make_pretrain_dataset), also what the dataset
+offers (probe_targets(manifest)): `label` int32 [D, B], the image label, and
+for every global view (not the local crops) view{k}/class [D, B, S, S], the
+per-pixel class map (0 = background) in id_dtype(num_map_classes) (uint8
+for up to 256 classes), cropped, flipped and resized exactly as that view's mask.
 
 Views and masks
 ---------------
@@ -251,6 +256,76 @@ def process_shards(manifest, data_dir, process_index, process_count):
 
 # ------------------------------------------------------------------ decoding ---
 
+PROBE_TARGETS = ('label', 'class')
+
+
+def num_label_classes(manifest):
+  """Number of image-label classes the dataset stores (manifest num_labels), else None."""
+  n = manifest.get('num_labels')
+  return int(n) if n else None
+
+
+def num_map_classes(manifest):
+  """Number of ids of the stored class map, background 0 included, else None.
+
+  The length of the manifest's class_names (index = id). None when no class
+  map is stored, or when its manifest has no class_names (a coco/2017_panoptic
+  dataset written before they were recorded: re-running its precompute
+  command on the folder rewrites manifest.json with them, computing nothing).
+  """
+  if records.CLASS_MASK not in (manifest.get('mask_names') or ()):
+    return None
+  return len(manifest['class_names']) if manifest.get('class_names') else None
+
+
+def probe_targets(manifest):
+  """The probe targets the dataset offers, a sub-tuple of ('label', 'class').
+
+  'label' when its records store image labels (num_label_classes), 'class'
+  when they store the class map and the manifest names its classes
+  (num_map_classes). Datasets written without them offer neither.
+  """
+  offered = {'label': num_label_classes(manifest), 'class': num_map_classes(manifest)}
+  return tuple(t for t in PROBE_TARGETS if offered[t])
+
+
+# make_pretrain_dataset's keyword `probe_targets` shadows the function there.
+_offered_targets = probe_targets
+
+
+def id_dtype(num_ids):
+  """The smallest view dtype for ids 0..num_ids-1: uint8, uint16, else int32.
+
+  The masks' (mask_dtype) and the class maps' (id_dtype(num_map_classes(manifest))).
+  """
+  if num_ids <= 256:
+    return tf.uint8
+  return tf.uint16 if num_ids <= 65536 else tf.int32
+
+
+def parse_probe_targets(serialized, targets):
+  """The stored probe targets of a record: dict(label=int32 [], class=int32 [H, W])
+  for each name in `targets` (probe_targets(manifest))."""
+  spec = {}
+  if 'label' in targets:
+    spec[records.IMAGE_LABEL] = tf.io.FixedLenFeature([], tf.int64)
+  if 'class' in targets:
+    for field in ('encoded', 'encoding'):
+      spec[records.mask_key(records.CLASS_MASK, field)] = tf.io.FixedLenFeature([], tf.string)
+    spec[records.IMAGE_HEIGHT] = tf.io.FixedLenFeature([], tf.int64)
+    spec[records.IMAGE_WIDTH] = tf.io.FixedLenFeature([], tf.int64)
+  f = tf.io.parse_single_example(serialized, spec)
+  out = {}
+  if 'label' in targets:
+    out['label'] = tf.cast(f[records.IMAGE_LABEL], tf.int32)
+  if 'class' in targets:
+    m = records.decode_label_map_tf(f[records.mask_key(records.CLASS_MASK, 'encoded')],
+                                    f[records.mask_key(records.CLASS_MASK, 'encoding')])
+    out['class'] = tf.reshape(m, tf.cast(tf.stack([f[records.IMAGE_HEIGHT],
+                                                   f[records.IMAGE_WIDTH]]), tf.int32))
+  return out
+
+
 def parse_and_decode(serialized, mask_names, seed):
   """Decodes the image and ONE label map of a record.
 
@@ -292,7 +367,8 @@ def parse_and_decode(serialized, mask_names, seed):
   return image, tf.reshape(labels, tf.stack([h, w]))
 
 
-def make_view(image, labels, seed, spec, color, shared_flip=None, mask_dtype=tf.int32):
+def make_view(image, labels, seed, spec, color, shared_flip=None, mask_dtype=tf.int32,
+              class_map=None, class_dtype=tf.uint8):
   """One augmented view of a decoded example.
 
   Args:
@@ -303,9 +379,13 @@ def make_view(image, labels, seed, spec, color, shared_flip=None, mask_dtype=tf.
       applies the recipe inside the training step).
     shared_flip: bool scalar to use instead of this view's own flip draw.
     mask_dtype: the mask's integer type (the smallest that holds its ids).
+    class_map: None, or int32 [H, W], the class map (a probe target); it gets
+      the mask's crop, flip and resize (the same call, one loop).
+    class_dtype: the class map's type in the view (id_dtype).
   Returns:
     dict(image [S, S, 3] float32 normalised, or uint8 when color is None,
-    mask [S, S] mask_dtype, box float32 [4], flip int32 []).
+    mask [S, S] mask_dtype, box float32 [4], flip int32 [], and with
+    class_map: class [S, S] class_dtype).
   """
   s_crop, s_flip, s_color = augment.split_seed(seed, 3)
   shape = tf.shape(labels)
@@ -326,17 +406,21 @@ def make_view(image, labels, seed, spec, color, shared_flip=None, mask_dtype=tf.
     img = augment.crop_and_resize_image_uint8(image, window, size)
   else:
     img = augment.crop_and_resize_image(image, window, size)
-  # The flip of the labels is folded into their resize's column indices.
-  lab = augment.crop_and_resize_labels(labels, window, size,
-                                       flip if spec.mode == 'crop' else None, mask_dtype)
+  # Every label map of the view: the same window and flip (folded into the
+  # resize's column indices), nearest.
+  maps = {'mask': (labels, mask_dtype)}
+  if class_map is not None:
+    maps['class'] = (class_map, class_dtype)
+  out = {key: tf.ensure_shape(augment.crop_and_resize_labels(
+      m, window, size, flip if spec.mode == 'crop' else None, dtype), [size, size])
+         for key, (m, dtype) in maps.items()}
   if spec.mode == 'crop':
     img = augment.flip_left_right(img, flip)
   img = tf.ensure_shape(img, [size, size, 3])
   if color is not None:
     img = augment.normalize(augment.byol_color_augment(
         img, s_color, blur_prob=spec.blur_prob, solarize_prob=spec.solarize_prob, **color))
-  return dict(image=img,
-              mask=tf.ensure_shape(lab, [size, size]),
+  return dict(image=img, **out,
               box=augment.window_to_box(*window, height, width),
               flip=tf.cast(flip, tf.int32))
 
@@ -360,11 +444,7 @@ def mask_dtype(manifest, data_config):
   without it (written before it existed) gives int32. Ids are never wrapped.
   """
   n = mask_kinds.get(data_config).num_ids(manifest, data_config)
-  if n is None:
-    return tf.int32
-  if n <= 256:
-    return tf.uint8
-  return tf.uint16 if n <= 65536 else tf.int32
+  return tf.int32 if n is None else id_dtype(n)
 
 
 def shipped_mask_dtype(data_config):
@@ -387,8 +467,13 @@ def shipped_mask_dtype(data_config):
     return tf.uint16, 'assumed: no readable manifest at config.data.dir'
 
 
-def make_views_fn(data_config, mask_names, masks_dtype=tf.int32):
-  """Returns fn(example_seed, serialized) -> flat dict of all views."""
+def make_views_fn(data_config, mask_names, masks_dtype=tf.int32, targets=(),
+                  class_dtype=tf.uint8):
+  """Returns fn(example_seed, serialized) -> flat dict of all views.
+
+  `targets`: probe targets to ship too (probe_targets(manifest)): 'label' as
+  `label`, 'class' as view{k}/class (class_dtype) of every global view.
+  """
   specs = view_config.view_specs(data_config)
   color = view_config.color_kwargs(data_config) if color_on(data_config) == 'host' else None
   shared = bool(_read(data_config, 'shared_flip'))
@@ -407,29 +492,35 @@ def make_views_fn(data_config, mask_names, masks_dtype=tf.int32):
           len(specs) - num_global)
     image, labels = parse_and_decode(serialized, mask_names, s_mask)
     labels = labels_fn(image, labels)
+    stored = parse_probe_targets(serialized, targets) if targets else {}
     flip = tf.random.stateless_uniform([], s_flip) < 0.5 if shared else None
-    out = {}
+    out = {'label': stored['label']} if 'label' in stored else {}
     for k, (spec, s) in enumerate(zip(specs, s_views)):
       view_flip = None if spec.local else flip   # Local crops flip on their own.
+      class_map = None if spec.local else stored.get('class')
       for key, v in make_view(image, labels, s, spec, color, view_flip,
-                              masks_dtype).items():
+                              masks_dtype, class_map, class_dtype).items():
         out[f'view{k + 1}/{key}'] = v
     return out
 
   return fn
 
 
-def example_spec(data_config, masks_dtype=tf.uint16):
+def example_spec(data_config, masks_dtype=tf.uint16, probe_targets=(),
+                 class_dtype=tf.uint8):
   """{batch key: (shape, numpy dtype)} of ONE example as the pipeline ships it.
 
   Traced from the same views function the pipeline maps over its records
   (no data is read): every view incl. local crops, the image dtype of
   data.color_on, the mask in `masks_dtype` (input_pipeline.mask_dtype of the
-  dataset), box and flip. The compile check (dense_ssl/compile_check.py)
-  builds its abstract batch from it.
+  dataset), box and flip; with `probe_targets` (the tuple a probe_targets=True
+  pipeline ships: probe_targets(manifest)) also `label` and view{k}/class in
+  `class_dtype` (id_dtype(num_map_classes(manifest))). The compile
+  check (dense_ssl/compile_check.py) builds its abstract batch from it.
   """
   mask_names = ['spec'] if mask_kinds.get(data_config).stored else []
-  views_fn = make_views_fn(data_config, mask_names, masks_dtype)
+  views_fn = make_views_fn(data_config, mask_names, masks_dtype, tuple(probe_targets),
+                           class_dtype)
   seed = tf.constant([0, 0], tf.int64)
   ds = tf.data.Dataset.from_tensors(tf.constant(b'')).map(
       tf.autograph.experimental.do_not_convert(lambda r: views_fn(seed, r)))
@@ -446,7 +537,7 @@ def _base_seed(seed, process_index):
 
 def make_pretrain_dataset(data_config, *, global_batch_size, seed, start_step=0,
                           process_index=0, process_count=1, num_local_devices=1,
-                          with_metadata=False):
+                          with_metadata=False, probe_targets=False):
   """The tf.data.Dataset of this process's batches (see module docstring).
 
   Args:
@@ -458,6 +549,9 @@ def make_pretrain_dataset(data_config, *, global_batch_size, seed, start_step=0,
     num_local_devices: devices of this process (leading batch dim).
     with_metadata: also yield meta/epoch, meta/position (int64 [D, B]) and
       meta/id (string [D, B]) (tests, tools).
+    probe_targets: also yield what the dataset offers of `label` (int32
+      [D, B]) and view{k}/class ([D, B, S, S], every global view); the tuple
+      is input_pipeline.probe_targets(manifest). Off: the batch is unchanged.
   Returns:
     Endless dataset of dicts with leading dims [num_local_devices, B].
   """
@@ -494,7 +588,9 @@ def make_pretrain_dataset(data_config, *, global_batch_size, seed, start_step=0,
     ds = ds.skip(tf.where(epoch == first_epoch, tf.constant(offset, tf.int64), 0))
     return ds.map(lambda pos, rec: dict(epoch=epoch, position=pos, record=rec))
 
-  views_fn = make_views_fn(data_config, mask_names, mask_dtype(manifest, data_config))
+  targets = _offered_targets(manifest) if probe_targets else ()
+  views_fn = make_views_fn(data_config, mask_names, mask_dtype(manifest, data_config),
+                           targets, id_dtype(num_map_classes(manifest) or 0))
 
   def process_example(ex):
     s = tf.random.experimental.stateless_fold_in(base, ex['epoch'])
@@ -529,7 +625,8 @@ def make_pretrain_dataset(data_config, *, global_batch_size, seed, start_step=0,
 
 
 def make_pretrain_iterator(data_config, *, global_batch_size, seed, start_step,
-                           process_index, process_count, num_local_devices):
+                           process_index, process_count, num_local_devices,
+                           probe_targets=False):
   """Python iterator of numpy batch dicts (WORKSPACE.md, section 4), starting at `start_step`.
 
   A shard that cannot be read while iterating raises a DataLossError naming the
@@ -539,7 +636,8 @@ def make_pretrain_iterator(data_config, *, global_batch_size, seed, start_step,
                              seed=seed, start_step=start_step,
                              process_index=process_index,
                              process_count=process_count,
-                             num_local_devices=num_local_devices)
+                             num_local_devices=num_local_devices,
+                             probe_targets=probe_targets)
   return _naming_damaged_shards(ds.as_numpy_iterator(), _read(data_config, 'dir'),
                                 process_index, process_count)
 

@@ -28,13 +28,16 @@ def encode_image(image, fmt='png', quality=95):
 
 
 def write_mask_dataset(out_dir, examples, *, num_shards, split='train',
-                       fh=(), image_format='png', write_manifest=True):
+                       fh=(), image_format='png', write_manifest=True,
+                       label_names=None):
   """Writes `examples` round-robin into `num_shards` shards + manifest.json.
 
   Args:
     out_dir: folder to create.
-    examples: list of dict(id=str, image=uint8 [H, W, 3], masks={name: int [H, W]}).
+    examples: list of dict(id=str, image=uint8 [H, W, 3], masks={name: int [H, W]},
+      optional label=int: the image label).
     fh: [(scale, min_size, sigma)] FH maps the examples store (for the manifest).
+    label_names: the image labels' names (manifest label_names, num_labels).
   Returns:
     the manifest dict.
   """
@@ -52,7 +55,7 @@ def write_mask_dataset(out_dir, examples, *, num_shards, split='train',
             image_format='png' if image_format == 'png' else 'jpeg',
             original_format='png' if image_format == 'png' else 'jpeg',
             transcoded=False, height=h, width=w_, image_id=ex['id'],
-            label_maps=ex['masks']))
+            label_maps=ex['masks'], label=ex.get('label')))
     shards.append({'file': name, 'num_examples': len(exs)})
   mask_names = list(examples[0]['masks']) if examples else []
   manifest = {
@@ -62,6 +65,8 @@ def write_mask_dataset(out_dir, examples, *, num_shards, split='train',
               'name': records.fh_mask_name(s, m, g)} for s, m, g in fh],
       'shards': shards, 'failures': [], 'num_failures': 0,
   }
+  if label_names is not None:
+    manifest.update(label_names=list(label_names), num_labels=len(label_names))
   if write_manifest:
     with open(os.path.join(out_dir, 'manifest.json'), 'w') as f:
       json.dump(manifest, f, indent=1)
