@@ -20,7 +20,12 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
   source .venv/bin/activate
 fi
 
-_reqs=(requirements.txt "$@")
+# Only requirements files: `source setup_env.sh` with no arguments sees the
+# calling script's own (e.g. tpu_pod.sh's --config.* overrides).
+_reqs=(requirements.txt)
+for r in "$@"; do
+  case "$r" in requirements*.txt) _reqs+=("$r") ;; esac
+done
 # One stamp per requirements file (its hash when installed): the demo after
 # the tests (or the reverse) finds its files installed and installs nothing.
 _stamps="$VIRTUAL_ENV/.dense_ssl_requirements"
