@@ -113,6 +113,25 @@ def base_config(name, **weights):
   c.log_every_steps = 50
   c.ckpt_every_steps = 1000
   c.keep_checkpoints = 3
+
+  # Online evaluation (dense_ssl/online_eval.py): linear probes trained in
+  # the step on the stop-gradient features, for what the data has (image
+  # labels: a classifier on pooled C5; class maps: a per-pixel probe on C4
+  # and C5). False: none, whatever the data has.
+  c.online_eval = True
+  c.probe_optimizer = ml_collections.ConfigDict(dict(name='adamw', lr=1e-3, weight_decay=0.0))
+  # Held-out evaluation (dense_ssl/online_eval.py HeldOutEval), every
+  # eval_every_steps (0: never) and at the last step, of the online encoder
+  # on the mask dataset at eval_data_dir: the frozen-feature dense probe
+  # (dense_ssl/evaluate.py; trained on the first probe_train_images of
+  # data.dir) where it stores class maps, and kNN top-1 on pooled C5
+  # (dense_ssl/knn.py: k = 20, T = 0.07, as DINO) where it stores image
+  # labels. The random-init floor: the same at step 0.
+  c.eval_every_steps = 0
+  c.eval_data_dir = ''
+  c.eval = ml_collections.ConfigDict(dict(
+      feature='c4', probe_steps=500, probe_lr=0.01, batch_size=32,
+      probe_train_images=1024, knn_k=20, knn_temperature=0.07))
   return c
 
 
@@ -184,6 +203,9 @@ def demo(c):
   c.warmup_epochs = 0.2
   c.log_every_steps = 10
   c.ckpt_every_steps = 50
+  # The held-out probe on CPU (launch/demo.sh turns it on with
+  # --config.eval_every_steps and the held-out scenes in eval_data_dir).
+  c.eval.update(probe_steps=300, probe_train_images=256, batch_size=32)
 
 
 def test(c):
@@ -198,6 +220,7 @@ def test(c):
   c.log_every_steps = 1
   c.ckpt_every_steps = 1
   c.keep_checkpoints = 2
+  c.eval.update(probe_steps=20, probe_train_images=16, batch_size=8)
 
 
 PRESETS = dict(imagenet=imagenet, coco=coco, demo=demo, test=test)

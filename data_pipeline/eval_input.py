@@ -190,6 +190,35 @@ def iterate_split(data_dir, split, *, image_size, batch_size, crop='center',
   yield from ds.as_numpy_iterator()
 
 
+def iterate_image_labels(data_dir, split, *, image_size, batch_size, crop='center',
+                         max_examples=None):
+  """Yields numpy dict(image float32 [b, S, S, 3], label int32 [b]): the records'
+  image-level labels (records.IMAGE_LABEL), the images preprocessed as by
+  iterate_split. For kNN on pooled features (dense_ssl/online_eval.py).
+
+  Raises EvalDataError when the split's manifest lists no label_names.
+  """
+  files, manifest = split_files(data_dir, split)
+  if not (manifest or {}).get('label_names'):
+    raise EvalDataError(f'{data_dir} (split {split!r}) stores no image labels (its '
+                        'manifest has no label_names): kNN needs a labelled source, e.g. '
+                        'a TFDS dataset with a label feature or a folder of class folders')
+  ds = tf.data.TFRecordDataset(files)
+  if max_examples is not None:
+    ds = ds.take(max_examples)
+
+  def fn(serialized):
+    ex = records.parse_record_tf(serialized, [])
+    label = tf.io.parse_single_example(serialized, {
+        records.IMAGE_LABEL: tf.io.FixedLenFeature([], tf.int64)})[records.IMAGE_LABEL]
+    no_map = tf.zeros(tf.shape(ex['image'])[:2], tf.int32)
+    image, _ = preprocess(ex['image'], no_map, image_size, crop)
+    return dict(image=image, label=tf.cast(label, tf.int32))
+
+  ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  yield from ds.batch(batch_size).prefetch(2).as_numpy_iterator()
+
+
 def class_names(data_dir, split):
   """Class names from the split's manifest when it lists them, else None.
 

@@ -132,6 +132,30 @@ def _training_problems(config, num_devices):
   return p
 
 
+def _eval_problems(config):
+  """The online probes' optimiser and the held-out evaluation (dense_ssl/online_eval.py)."""
+  p = []
+  if not isinstance(config.get('online_eval'), bool):
+    p.append(f'config.online_eval={config.get("online_eval")!r}: must be True or False')
+  o = config.get('probe_optimizer') or {}
+  p += check('probe_optimizer.lr', o.get('lr'), '> 0')
+  p += check('probe_optimizer.weight_decay', o.get('weight_decay'), '>= 0')
+  every = config.get('eval_every_steps')
+  p += check('eval_every_steps', every, '>= 0', integer=True)
+  if is_number(every) and every > 0:
+    if not config.get('eval_data_dir'):
+      p.append(f'config.eval_every_steps={every}: needs config.eval_data_dir, a held-out '
+               'mask dataset with class maps (python -m data_pipeline.precompute_masks '
+               '--split_name=val ...), or set it to 0')
+    e = config.get('eval') or {}
+    p += _choice('eval.feature', e.get('feature'), ('c2', 'c3', 'c4', 'c5', 'c4+c5'))
+    for key in ('probe_steps', 'batch_size', 'probe_train_images', 'knn_k'):
+      p += check(f'eval.{key}', e.get(key), '>= 1', integer=True)
+    for key in ('probe_lr', 'knn_temperature'):
+      p += check(f'eval.{key}', e.get(key), '> 0')
+  return p
+
+
 def _data_problems(config):
   d = config.get('data') or {}
   p = []
@@ -257,6 +281,20 @@ def _dataset_problems(config):
     p.append(f'config.data.split={split!r}: {data_dir} holds split '
              f'{manifest["split"]!r}')
   p += mask_kinds.check_dataset(d, manifest)
+  every, eval_dir = config.get('eval_every_steps'), config.get('eval_data_dir')
+  if is_number(every) and every > 0 and eval_dir:
+    # The held-out dense probe trains on data.dir's class maps, scores on eval_data_dir's.
+    try:
+      eval_manifest = input_pipeline.read_manifest(eval_dir)
+    except Exception as e:  # pylint: disable=broad-except  # OSError, tf.errors, ValueError
+      return p + [f'config.eval_data_dir={eval_dir!r}: cannot read its manifest.json '
+                  f'({type(e).__name__}: {e})']
+    for key, where, m in (('data.dir', data_dir, manifest),
+                          ('eval_data_dir', eval_dir, eval_manifest)):
+      if 'class' not in (m.get('mask_names') or []):
+        p.append(f'config.{key}={where!r}: stores no class map, which the held-out '
+                 'probe (config.eval_every_steps) needs; use a dataset with class maps '
+                 'or set config.eval_every_steps=0')
   return p
 
 
@@ -266,7 +304,7 @@ def problems(config, *, num_devices=None, check_data=True):
   num_devices: also check that the batch divides over them. check_data: read
   the manifest of config.data.dir and check the masks asked for are there.
   """
-  p = _training_problems(config, num_devices)
+  p = _training_problems(config, num_devices) + _eval_problems(config)
   from_objectives = _objective_problems(config)
   # An objective's hook may say more about a shared key (DetCon on data.mask):
   # its line replaces the general one.

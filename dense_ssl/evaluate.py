@@ -431,21 +431,23 @@ def evaluate_probe(*, data_dir: str, workdir: Optional[str] = None, feature: str
                    max_train_images: Optional[int] = None,
                    max_eval_images: Optional[int] = None,
                    out: Optional[str] = None, devices: Optional[Sequence[Any]] = None,
-                   write: bool = True, log=None) -> Dict[str, Any]:
+                   write: bool = True, log=None, encoder=None) -> Dict[str, Any]:
   """The frozen-feature dense probe of one encoder (module docstring).
 
   Returns the result dict that is written as JSON to `out` (default
   WORKDIR/probe_<feature>_<network|random>.json; with no workdir and no out,
   nothing is written). `devices`: the mesh's devices (default: all).
   Raises ProbeError / eval_input.EvalDataError / checkpoint.CheckpointError
-  (one-line messages) for unusable inputs.
+  (one-line messages) for unusable inputs. encoder: (model, variables, info)
+  as build_encoder returns them, to probe an encoder in memory (the
+  trainer's held-out evaluation) instead of one built from workdir / init.
   """
   import jax  # pylint: disable=g-import-not-at-top
   from data_pipeline import eval_input  # pylint: disable=g-import-not-at-top
   from dense_ssl import probe  # pylint: disable=g-import-not-at-top
   if feature not in probe.FEATURES:
     raise ProbeError(f'--feature={feature!r}: choose one of {probe.FEATURES}')
-  if jax.process_count() > 1:
+  if jax.process_count() > 1 and devices is None:
     raise ProbeError('the probe runs in one process (all its local devices)')
   eval_data_dir = eval_data_dir or data_dir
   t_start = time.perf_counter()
@@ -455,7 +457,7 @@ def evaluate_probe(*, data_dir: str, workdir: Optional[str] = None, feature: str
   for d, s in ((data_dir, train_split), (eval_data_dir, eval_split)):
     files, manifest = eval_input.split_files(d, s)
     eval_input.check_class_map(d, s, files, manifest)
-  model, variables, info = build_encoder(
+  model, variables, info = encoder or build_encoder(
       workdir=workdir, init=init, network=network, step=step, depth=depth,
       width_multiplier=width_multiplier, seed=seed, image_size=image_size, log=log)
   read = dict(image_size=image_size, batch_size=batch_size, crop=crop)

@@ -14,8 +14,10 @@ that read them (CLoVE; Method.local_pass). The trainer (train.py) owns the rest:
 optimiser, EMA, devices, checkpoints.
 
   method.init(rng, batch) -> dict(online=variables, target=variables | None, state=dict)
-  method.loss(online_params, online_batch_stats, target_variables, method_state, batch, rng)
-      -> (loss, (new_online_batch_stats, new_target_batch_stats | None, metrics, method_state))
+  method.loss(online_params, online_batch_stats, target_variables, method_state, batch, rng,
+              probe_view=None)
+      -> (loss, (new_online_batch_stats, new_target_batch_stats | None, metrics, method_state,
+                 probed features | None))
 
 `batch` is one device's batch (input_pipeline's dict without the device
 dim); `loss` runs inside the per-device step with the mapped axis AXIS
@@ -164,7 +166,13 @@ class Method:
     return ctx, plans, stats, tstats
 
   def loss(self, online_params, online_batch_stats, target_variables, method_state, batch,
-           rng):
+           rng, probe_view=None):
+    """-> (loss, (online stats, target stats, metrics, method state, probed)).
+
+    probed: with probe_view (a global view's index), the stop-gradient C4
+    and C5 maps of the online network's pass of that view, for the online
+    probes (dense_ssl/online_eval.py); None otherwise.
+    """
     ctx, plans, stats, tstats = self.forward(online_params, online_batch_stats,
                                              target_variables, batch, rng)
     total, metrics, new_state = 0.0, {}, {}
@@ -176,4 +184,8 @@ class Method:
       if o.has_state:
         new_state[o.name] = state
     metrics = {k: jnp.asarray(v, jnp.float32) for k, v in dict(metrics, loss=total).items()}
-    return total, (stats, tstats, metrics, new_state)
+    probed = None
+    if probe_view is not None:
+      feats = ctx.online[probe_view]['features']
+      probed = {k: jax.lax.stop_gradient(feats[k]) for k in ('c4', 'c5')}
+    return total, (stats, tstats, metrics, new_state, probed)

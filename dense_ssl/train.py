@@ -38,6 +38,7 @@ from data_pipeline import view_config
 from dense_ssl import checkpoint as ckpt_lib
 from dense_ssl import config_check
 from dense_ssl import method as method_lib
+from dense_ssl import online_eval
 from dense_ssl import optim
 from dense_ssl import state as state_lib
 from dense_ssl.objectives.base import AXIS
@@ -48,7 +49,7 @@ class NonFiniteLossError(RuntimeError):
   """The loss became NaN or inf; the last good checkpoint is kept."""
 
 
-def make_per_device_step(method, make_tx, *, seed=0, data_config=None):
+def make_per_device_step(method, make_tx, *, seed=0, data_config=None, probes=None):
   """The step for one device's batch (the named axis AXIS is bound).
 
   step_fn(state, batch, hyper): hyper = dict(learning_rate, tau), the
@@ -62,6 +63,9 @@ def make_per_device_step(method, make_tx, *, seed=0, data_config=None):
   coloured and normalised here with per-example keys from (seed, step, global
   index, view), so 1 and N devices, and a resumed run, see the same views.
   data_config None: the batches hold no uint8 view (float views pass through).
+  probes: online_eval.OnlineProbes (or None): trained after the
+  self-supervised update on its stop-gradient features, with their own
+  optimiser; the self-supervised update does not depend on them.
   """
 
   def step_fn(state, batch, hyper):
@@ -75,8 +79,9 @@ def make_per_device_step(method, make_tx, *, seed=0, data_config=None):
     # Per-device gradients (as under pmap), averaged explicitly below.
     params = jax.lax.pcast(state.online_params, AXIS, to='varying')
     loss_fn = lambda p: method.loss(p, state.online_batch_stats, state.target_variables,
-                                    state.method_state, batch, rng)
-    (_, (stats, tstats, metrics, method_state)), grads = jax.value_and_grad(
+                                    state.method_state, batch, rng,
+                                    probe_view=probes.view if probes else None)
+    (_, (stats, tstats, metrics, method_state, probed)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(params)
     grads = jax.lax.pmean(grads, AXIS)
     updates, opt_state = tx.update(grads, state.opt_state, state.online_params)
@@ -99,10 +104,16 @@ def make_per_device_step(method, make_tx, *, seed=0, data_config=None):
     metrics = dict(metrics, learning_rate=hyper['learning_rate'], tau=tau,
                    grad_norm=optax.tree.norm(grads),
                    param_norm=optax.tree.norm(online_params))
+    probe_params, probe_opt_state = state.probe_params, state.probe_opt_state
+    if probes is not None:
+      probe_params, probe_opt_state, probe_metrics = probes.update(
+          probe_params, probe_opt_state, probed, batch)
+      metrics.update(probe_metrics)
     new_state = state.replace(
         step=step + 1, online_params=online_params, online_batch_stats=stats,
         target_params=target_params, target_batch_stats=target_stats,
-        opt_state=opt_state, method_state=method_state)
+        opt_state=opt_state, method_state=method_state, probe_params=probe_params,
+        probe_opt_state=probe_opt_state)
     return new_state, metrics
 
   return step_fn
@@ -113,12 +124,13 @@ def make_mesh():
   return Mesh(np.asarray(jax.devices()), (AXIS,))
 
 
-def compile_train_step(method, make_tx, mesh, *, seed=0, data_config=None):
+def compile_train_step(method, make_tx, mesh, *, seed=0, data_config=None, probes=None):
   """train_step(state, batch, hyper) -> (state, metrics), jitted over the mesh.
 
   hyper: optim.step_hyperparameters(...)(step), numpy scalars (replicated).
   """
-  per_device = make_per_device_step(method, make_tx, seed=seed, data_config=data_config)
+  per_device = make_per_device_step(method, make_tx, seed=seed, data_config=data_config,
+                                    probes=probes)
   return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P()),
                                out_specs=(P(), P())),
                  donate_argnums=0)
@@ -163,14 +175,14 @@ def step_dtype(key, dtype):
   return np.dtype(dtype)
 
 
-def init_state(method, tx, config, sample_batch, mesh):
+def init_state(method, tx, config, sample_batch, mesh, probes=None):
   """Initialises the TrainState replicated over the mesh (compiled once)."""
   rng = jax.random.PRNGKey(config.seed)
   # Two examples of device 0 give every shape; BN init needs no statistics.
   sample = {k: np.asarray(v)[0, :2] for k, v in sample_batch.items()}
   sample = {k: v.astype(step_dtype(k, v.dtype)) for k, v in sample.items()}
   repl = NamedSharding(mesh, P())
-  init = jax.jit(lambda r, b: state_lib.create_train_state(method, tx, r, b),
+  init = jax.jit(lambda r, b: state_lib.create_train_state(method, tx, r, b, probes),
                  out_shardings=repl)
   return init(rng, sample)
 
@@ -285,7 +297,11 @@ class Progress:
   def log_line(self, step, logged):
     """Scalars for TensorBoard from the host metrics `logged`; logs the line."""
     now = time.perf_counter()
-    scalars = {f'train/{k}': float(np.mean([m[k] for m in logged])) for k in logged[-1]}
+    probe_scalars, logged = online_eval.window_scalars(logged)
+    # Means over the window; the online probes' metrics keep their probe/ names.
+    scalars = {k if k.startswith('probe/') else f'train/{k}':
+               float(np.mean([m[k] for m in logged])) for k in logged[-1]}
+    scalars.update(probe_scalars)
     scalars['train/learning_rate'] = float(logged[-1]['learning_rate'])
     scalars['train/tau'] = float(logged[-1]['tau'])
     scalars['train/epoch'] = step / self.steps_per_epoch
@@ -304,10 +320,12 @@ class Progress:
     if self.steps_after_compile:
       per_step = (now - self.compile_done) / self.steps_after_compile
       eta = f' | ETA {_format_duration(per_step * (self.total_steps - step))}'
-    logging.info('step %d/%d (%.0f%%) | epoch %.2f | loss %.4f | lr %.4g%s%s',
+    probes = ''.join(f' | {name} {100 * scalars[key]:.1f}%' for key, name in (
+        ('probe/top1', 'probe top-1'), ('probe/miou', 'probe mIoU')) if key in scalars)
+    logging.info('step %d/%d (%.0f%%) | epoch %.2f | loss %.4f | lr %.4g%s%s%s',
                  step, self.total_steps, 100 * step / self.total_steps,
                  step / self.steps_per_epoch, scalars['train/loss'],
-                 scalars['train/learning_rate'], perf, eta)
+                 scalars['train/learning_rate'], probes, perf, eta)
     self.window.update(t0=time.perf_counter(), steps=0, wait=0.0)
     self.last_scalars = scalars
     return scalars
@@ -361,6 +379,8 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
   schedule = optim.learning_rate_schedule(config, total_steps, warmup_steps)
   tx = optim.make_optimizer(config, schedule)      # Its state's structure, for init.
   hyper = optim.step_hyperparameters(config, total_steps, warmup_steps)
+  # The online probes of what the data has (image labels, class maps).
+  probes = online_eval.OnlineProbes.from_config(config, manifest, method.passes)
 
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
@@ -391,13 +411,20 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
       return input_pipeline.make_pretrain_iterator(
           config.data, global_batch_size=config.batch_size, seed=config.seed,
           start_step=step, process_index=jax.process_index(),
-          process_count=jax.process_count(), num_local_devices=jax.local_device_count())
+          process_count=jax.process_count(), num_local_devices=jax.local_device_count(),
+          probe_targets=probes is not None)
 
     batches = batches_from(start_step)
     first = next(batches)
 
     # ------------------------------------------------- state, or resume ---
-    state = init_state(method, tx, config, first, mesh)
+    state = init_state(method, tx, config, first, mesh, probes=probes)
+    if probes is not None:
+      logging.info('online probes: %s (dense_ssl/online_eval.py; config.online_eval=False '
+                   'turns them off)', ', '.join(
+                       {'label': f'a classifier of the {probes.num_labels} image labels',
+                        'class': f'a dense probe of the {probes.num_classes} map classes'}[t]
+                       for t in probes.targets))
     logging.info('parameters: online %s, target %s',
                  f'{state_lib.num_params(state.online_params):,}',
                  f'{state_lib.num_params(state.target_params):,}')
@@ -430,7 +457,8 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
 
   # ----------------------------------------------------- compiled step ---
   train_step = compile_train_step(method, functools.partial(optim.make_optimizer, config),
-                                  mesh, seed=config.seed, data_config=config.data)
+                                  mesh, seed=config.seed, data_config=config.data,
+                                  probes=probes)
   if jax.process_count() > 1:
     # Compile first, then meet: the first collective of the step gives every
     # process only 30 s to join (gloo on CPU), and one host can finish
@@ -449,6 +477,19 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
 
   # -------------------------------------------------------------- loop ---
   writer = make_writer(workdir, is_chief)
+  held_out = None
+  if config.eval_every_steps and config.eval_data_dir:
+    held_out = online_eval.HeldOutEval(config, workdir, total_steps)
+
+  def report(step_done, scalars):
+    if scalars:
+      writer.write_scalars(step_done, scalars)
+      writer.flush()
+      logging.info('held-out at step %d: %s', step_done, ' | '.join(
+          f'{k[5:]} {100 * v:.1f}%' for k, v in sorted(scalars.items())))
+
+  if held_out is not None and start_step == 0:
+    report(0, held_out.evaluate(0, None, state))   # The random init: the floor.
   progress = Progress(config, total_steps, steps_per_epoch, num_devices)
   pending = collections.deque()          # (step, device metrics) not yet read.
   logged = []                            # Host metrics since the last log line.
@@ -500,6 +541,8 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
         logged.clear()
         writer.write_scalars(step, scalars)
         writer.flush()
+      if held_out is not None and held_out.action(step, state=state):
+        report(step, held_out.action.get_last_callback_result())
 
       # --------------------------------------------------- checkpoint ---
       if step % config.ckpt_every_steps == 0 or is_last or stop_now:

@@ -48,7 +48,7 @@ def run_loss(method, variables, batch, rng, devices=4):
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:devices]), (AXIS,))
 
   def per_device(online, target, mstate, batch, rng):
-    loss, (_, _, metrics, mstate) = method.loss(
+    loss, (_, _, metrics, mstate, _) = method.loss(
         online['params'], online['batch_stats'], target, mstate, batch, rng)
     return jax.lax.pmean(loss, AXIS), jax.lax.pmean(metrics, AXIS), mstate
 

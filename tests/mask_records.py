@@ -29,7 +29,7 @@ def encode_image(image, fmt='png', quality=95):
 
 def write_mask_dataset(out_dir, examples, *, num_shards, split='train',
                        fh=(), image_format='png', write_manifest=True,
-                       label_names=None):
+                       label_names=None, class_names=None):
   """Writes `examples` round-robin into `num_shards` shards + manifest.json.
 
   Args:
@@ -38,6 +38,7 @@ def write_mask_dataset(out_dir, examples, *, num_shards, split='train',
       optional label=int: the image label).
     fh: [(scale, min_size, sigma)] FH maps the examples store (for the manifest).
     label_names: the image labels' names (manifest label_names, num_labels).
+    class_names: the names of the `class` map's ids (manifest class_names).
   Returns:
     the manifest dict.
   """
@@ -67,17 +68,22 @@ def write_mask_dataset(out_dir, examples, *, num_shards, split='train',
   }
   if label_names is not None:
     manifest.update(label_names=list(label_names), num_labels=len(label_names))
+  if class_names is not None:
+    manifest['class_names'] = list(class_names)
   if write_manifest:
     with open(os.path.join(out_dir, 'manifest.json'), 'w') as f:
       json.dump(manifest, f, indent=1)
   return manifest
 
 
-def write_blocky_dataset(out_dir, *, num_examples, size, num_shards, seed=0):
+def write_blocky_dataset(out_dir, *, num_examples, size, num_shards, seed=0, labelled=True,
+                         split='train'):
   """Tiny images whose GT map is a 4 x 4 grid of ids 0..3 (trainer tests).
 
   The image brightness follows the ids, so the masks mean something; `size`
-  must be a multiple of 4.
+  must be a multiple of 4. For the online probes (labelled=True), the ids
+  are also the `class` map (4 brightness classes) and the most frequent id
+  the image label.
   """
   r = np.random.default_rng(seed)
   examples = []
@@ -85,9 +91,17 @@ def write_blocky_dataset(out_dir, *, num_examples, size, num_shards, seed=0):
     cell = size // 4
     gt = np.repeat(np.repeat(r.integers(0, 4, (4, 4)), cell, 0), cell, 1)
     image = (r.integers(0, 256, (size, size, 3)) // 2 + 60 * gt[..., None])
-    examples.append(dict(id=f'ex{i}', image=image.astype(np.uint8),
-                         masks={'gt': gt.astype(np.int32)}))
-  return write_mask_dataset(out_dir, examples, num_shards=num_shards)
+    ex = dict(id=f'ex{i}', image=image.astype(np.uint8), masks={'gt': gt.astype(np.int32)})
+    if labelled:
+      ex['masks']['class'] = gt.astype(np.int32)
+      ex['label'] = int(np.bincount(gt.ravel(), minlength=4).argmax())
+    examples.append(ex)
+  names = BRIGHTNESS if labelled else None
+  return write_mask_dataset(out_dir, examples, num_shards=num_shards, label_names=names,
+                            class_names=names, split=split)
+
+
+BRIGHTNESS = ('dark', 'dim', 'bright', 'brightest')   # The blocky dataset's classes.
 
 
 def demo_class_examples(num_examples, *, size=64, first_index=0, seed=0):

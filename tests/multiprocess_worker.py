@@ -30,7 +30,8 @@ def run(config, steps):
   slice, so any process layout steps on the same global batch. The learning
   rate is 2.0 x batch/256 (an input of the step), large enough that the
   updates are worth comparing.
-  Returns (losses [S], {param path: array} as this process holds them).
+  Returns (losses [S], {param path: array} of the online network and the
+  online probes, as this process holds them).
   """
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -38,18 +39,24 @@ def run(config, steps):
   from dense_ssl import method as method_lib  # pylint: disable=g-import-not-at-top
   from dense_ssl import optim, train  # pylint: disable=g-import-not-at-top
 
+  from dense_ssl import online_eval  # pylint: disable=g-import-not-at-top
+
   mesh = train.make_mesh()
   method = method_lib.Method(config)
+  probes = online_eval.OnlineProbes.from_config(
+      config, input_pipeline.read_manifest(config.data.dir), method.passes)
   n_dev, local_devices = jax.device_count(), jax.local_device_count()
   whole = next(input_pipeline.make_pretrain_iterator(
       config.data, global_batch_size=config.batch_size, seed=config.seed, start_step=0,
-      process_index=0, process_count=1, num_local_devices=n_dev))  # [n_dev, B, ...]
+      process_index=0, process_count=1, num_local_devices=n_dev,
+      probe_targets=probes is not None))  # [n_dev, B, ...]
   first = jax.process_index() * local_devices                      # This process's slice.
   local = {k: v[first:first + local_devices] for k, v in whole.items()}
   tx = optim.make_optimizer(config, optim.learning_rate_schedule(config, 10, 0))
-  state = train.init_state(method, tx, config, local, mesh)
+  state = train.init_state(method, tx, config, local, mesh, probes=probes)
   step = train.compile_train_step(method, functools.partial(optim.make_optimizer, config),
-                                  mesh, seed=config.seed, data_config=config.data)
+                                  mesh, seed=config.seed, data_config=config.data,
+                                  probes=probes)
   faster = config.copy_and_resolve_references()
   faster.optimizer.base_lr = 2.0
   hyper = optim.step_hyperparameters(faster, 10, 0)
@@ -63,8 +70,10 @@ def run(config, steps):
   for k in range(steps):
     state, metrics = step(state, batch, hyper(k))
     losses.append(float(np.asarray(metrics['loss'].addressable_data(0))))
+  # The online parameters and the online probes' (which the run trains too).
   flat = {'/'.join(str(k.key) for k in path): np.asarray(x.addressable_data(0))
-          for path, x in jax.tree_util.tree_leaves_with_path(state.online_params)}
+          for path, x in jax.tree_util.tree_leaves_with_path(
+              dict(online=state.online_params, probe=state.probe_params))}
   return losses, flat
 
 

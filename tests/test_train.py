@@ -232,18 +232,23 @@ def test_workdir_of_another_run_is_refused(data_dir, tmp_path):
 
 @pytest.mark.xdist_group(trained_run_lib.XDIST_GROUP)
 def test_the_run_writes_its_scalars_through_one_writer(trained_run):
-  # The trainer's clu writer: TensorBoard event files, read back here with
+  # The trainer's clu writer: TensorBoard event files, read back with
   # TensorFlow's own reader, a value per logged step (the test preset logs
   # every step).
+  scalars = read_event_scalars(trained_run.workdir)
+  assert [s for s, _ in scalars['train/loss']] == list(range(1, trained_run_lib.STEPS + 1))
+  assert all(np.isfinite(v) for _, v in scalars['train/loss'])
+  assert {'train/learning_rate', 'train/tau', 'train/epoch', 'perf/step_time_s'} <= set(scalars)
+
+
+def read_event_scalars(workdir):
+  """{tag: sorted [(step, value)]} of a workdir's event files, read with TensorFlow's reader."""
   import glob  # pylint: disable=g-import-not-at-top
   from data_pipeline import tf_setup  # pylint: disable=g-import-not-at-top
   tf = tf_setup.import_tensorflow()
   scalars = {}
-  for path in glob.glob(os.path.join(trained_run.workdir, 'events.out.tfevents.*')):
+  for path in glob.glob(os.path.join(workdir, 'events.out.tfevents.*')):
     for event in tf.compat.v1.train.summary_iterator(path):
       for v in event.summary.value:
         scalars.setdefault(v.tag, []).append((event.step, float(tf.make_ndarray(v.tensor))))
-  scalars = {k: sorted(v) for k, v in scalars.items()}
-  assert [s for s, _ in scalars['train/loss']] == list(range(1, trained_run_lib.STEPS + 1))
-  assert all(np.isfinite(v) for _, v in scalars['train/loss'])
-  assert {'train/learning_rate', 'train/tau', 'train/epoch', 'perf/step_time_s'} <= set(scalars)
+  return {k: sorted(v) for k, v in scalars.items()}
