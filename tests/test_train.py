@@ -163,9 +163,13 @@ def test_kill_and_resume_is_exact(data_dir, tmp_path, caplog):
   a, b = jax.device_get(full['state']), jax.device_get(resumed['state'])
   for x, y in [(a.online_params, b.online_params), (a.target_params, b.target_params),
                (a.opt_state, b.opt_state), (a.online_batch_stats, b.online_batch_stats),
-               (a.method_state, b.method_state)]:
+               (a.method_state, b.method_state), (a.probe_params, b.probe_params),
+               (a.probe_opt_state, b.probe_opt_state)]:
     jax.tree.map(np.testing.assert_array_equal, x, y)
   assert full['metrics']['train/loss'] == resumed['metrics']['train/loss']
+  # The online probes (the blocky data has labels and class maps) resume too.
+  assert set(b.probe_params) == {'classifier', 'dense'}
+  assert full['metrics']['probe/miou'] == resumed['metrics']['probe/miou']
   moco = b.method_state['moco']
   batch = config.batch_size
   assert int(moco['pointer']) == 4 * batch % moco['queue'].shape[0]
