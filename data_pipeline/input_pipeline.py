@@ -117,29 +117,36 @@ _LOCAL_STREAM = 0x10CA1  # Folded into an example's seed for its local crops.
 
 # ------------------------------------------------------- manifest and shards ---
 
-def read_manifest(data_dir):
-  """Loads <data_dir>/manifest.json, with errors that say what to run."""
+def read_manifest(data_dir, *, key='config key data.dir', allow_partial=False):
+  """Loads <data_dir>/manifest.json, with errors that say what to run.
+
+  The one reader of a mask dataset's manifest (the trainer, the tools,
+  mask_quality); `key` names where data_dir came from in the errors;
+  allow_partial: accept the manifest of an interrupted precompute (its
+  complete shards are listed). The precompute reads its own output's
+  manifest through masks/plan.py (to resume it).
+  """
   if not data_dir:
-    raise ValueError('config key data.dir is empty: set it to a mask dataset'
+    raise ValueError(f'{key} is empty: set it to a mask dataset'
                      ' directory written by data_pipeline.precompute_masks')
   path = os.path.join(data_dir, 'manifest.json')
   # tf.io.gfile: local paths and gs:// (TPU pods read masks from GCS).
   if not tf.io.gfile.isdir(data_dir):
-    raise FileNotFoundError(f'mask dataset directory {data_dir!r} (config key'
-                            ' data.dir) does not exist; write it with'
+    raise FileNotFoundError(f'mask dataset directory {data_dir!r} ({key}) does not'
+                            ' exist; write it with'
                             ' `python -m data_pipeline.precompute_masks`')
   if not tf.io.gfile.exists(path):
-    raise FileNotFoundError(f'{path} not found: {data_dir!r} (config key data.dir)'
-                            ' is not a complete mask dataset; (re)run'
+    raise FileNotFoundError(f'{data_dir!r} ({key}) has no manifest.json: it is not a'
+                            ' complete mask dataset; (re)run'
                             ' data_pipeline.precompute_masks')
   with tf.io.gfile.GFile(path) as f:
     manifest = json.load(f)
   records.check_format_version(manifest.get('format_version'), path)
-  if manifest.get('partial'):
+  if manifest.get('partial') and not allow_partial:
     missing = manifest.get('missing_shards') or []
     raise ValueError(
-        f'{path} is partial: the precompute that writes {data_dir!r} (config key'
-        f' data.dir) was interrupted ({len(missing)} shards missing, e.g.'
+        f'{path} is partial: the precompute that writes {data_dir!r} ({key})'
+        f' was interrupted ({len(missing)} shards missing, e.g.'
         f' {missing[:1]}); finish it by running the same command again:'
         f' {repair_command(manifest, data_dir, verify=False)}')
   return manifest

@@ -36,6 +36,7 @@ import time
 from absl import flags
 
 from data_pipeline import cli
+from data_pipeline import input_pipeline
 from data_pipeline import mask_kinds
 from data_pipeline import records
 from data_pipeline import tf_setup
@@ -66,17 +67,11 @@ class UsageError(Exception):
 
 
 def read_manifest(data_dir):
-  path = os.path.join(data_dir, 'manifest.json')
-  if not os.path.isfile(path):
-    raise UsageError(f'--data_dir={data_dir}: no manifest.json (write one with'
-                     ' python -m data_pipeline.precompute_masks)')
-  with open(path) as f:
-    manifest = json.load(f)
+  """input_pipeline's reader; a partial dataset is measured on its complete shards."""
   try:
-    records.check_format_version(manifest.get('format_version'), path)
-  except ValueError as e:
+    return input_pipeline.read_manifest(data_dir, key='--data_dir', allow_partial=True)
+  except (ValueError, OSError) as e:
     raise UsageError(str(e)) from None
-  return manifest
 
 
 def mask_sets(manifest, grids):
