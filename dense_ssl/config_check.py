@@ -145,8 +145,8 @@ def _eval_problems(config):
   if is_number(every) and every > 0:
     if not config.get('eval_data_dir'):
       p.append(f'config.eval_every_steps={every}: needs config.eval_data_dir, a held-out '
-               'mask dataset with class maps (python -m data_pipeline.precompute_masks '
-               '--split_name=val ...), or set it to 0')
+               'mask dataset with class maps or image labels (python -m '
+               'data_pipeline.precompute_masks --split_name=val ...), or set it to 0')
     e = config.get('eval') or {}
     p += _choice('eval.feature', e.get('feature'), ('c2', 'c3', 'c4', 'c5', 'c4+c5'))
     for key in ('probe_steps', 'batch_size', 'probe_train_images', 'knn_k'):
@@ -289,12 +289,14 @@ def _dataset_problems(config):
     except Exception as e:  # pylint: disable=broad-except  # OSError, tf.errors, ValueError
       return p + [f'config.eval_data_dir={eval_dir!r}: cannot read its manifest.json '
                   f'({type(e).__name__}: {e})']
-    for key, where, m in (('data.dir', data_dir, manifest),
-                          ('eval_data_dir', eval_dir, eval_manifest)):
-      if 'class' not in (m.get('mask_names') or []):
-        p.append(f'config.{key}={where!r}: stores no class map, which the held-out '
-                 'probe (config.eval_every_steps) needs; use a dataset with class maps '
-                 'or set config.eval_every_steps=0')
+    # The dense probe needs class maps in both, kNN image labels in both.
+    both = lambda f: f(manifest) and f(eval_manifest)
+    if not (both(lambda m: 'class' in (m.get('mask_names') or []))
+            or both(lambda m: m.get('label_names'))):
+      p.append(f'config.eval_data_dir={eval_dir!r}: the held-out evaluation '
+               '(config.eval_every_steps) needs class maps (the dense probe) or image '
+               f'labels (kNN) in both it and config.data.dir={data_dir!r}, and they '
+               'share neither; use such datasets or set config.eval_every_steps=0')
   return p
 
 

@@ -173,3 +173,27 @@ def test_a_labelled_run_logs_its_probes_and_the_held_out_ones_against_the_floor(
              for v in values[t])
   # The floor is the step-0 evaluation, logged again beside every later one.
   assert values['eval/probe_miou_floor'] == [values['eval/probe_miou'][0]] * 3
+
+
+def test_the_held_out_evaluation_needs_targets_both_datasets_share(data_dir, tmp_path):
+  from configs import byol  # pylint: disable=g-import-not-at-top
+  from dense_ssl import config_check  # pylint: disable=g-import-not-at-top
+  from tests import mask_records  # pylint: disable=g-import-not-at-top
+  plain, labelled = str(tmp_path / 'plain'), str(tmp_path / 'labelled')
+  mask_records.write_blocky_dataset(plain, num_examples=4, size=32, num_shards=1,
+                                    labelled=False, split='val')
+  mask_records.write_blocky_dataset(labelled, num_examples=4, size=32, num_shards=1,
+                                    split='val')
+  config = byol.get_config('test')
+  config.data.dir = data_dir
+  config.update(eval_every_steps=2, eval_data_dir=plain)
+  found = config_check.problems(config)
+  assert len(found) == 1 and found[0].startswith(f'config.eval_data_dir={plain!r}: the '
+                                                 'held-out evaluation')
+  config.eval_data_dir = labelled
+  assert config_check.problems(config) == []
+  config.eval_data_dir = ''
+  assert config_check.problems(config, check_data=False) == [
+      'config.eval_every_steps=2: needs config.eval_data_dir, a held-out mask dataset '
+      'with class maps or image labels (python -m data_pipeline.precompute_masks '
+      '--split_name=val ...), or set it to 0']
