@@ -75,6 +75,18 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
+def labelled_data_dir(tmp_path_factory):
+  """data_dir's images with image labels and class maps too: the online
+  probes train on it (a distinct step program: only the tests of the probes
+  and the composed resume test use it)."""
+  from tests import mask_records  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path_factory.mktemp('blocky_labelled'))
+  mask_records.write_blocky_dataset(out, num_examples=16, size=80, num_shards=4,
+                                    labelled=True)
+  return out
+
+
+@pytest.fixture(scope='session')
 def trained_run(tmp_path_factory):
   """A real 2-step DetCon-B run (tests/trained_run.py), trained once per session.
 

@@ -76,7 +76,7 @@ def write_mask_dataset(out_dir, examples, *, num_shards, split='train',
   return manifest
 
 
-def write_blocky_dataset(out_dir, *, num_examples, size, num_shards, seed=0, labelled=True,
+def write_blocky_dataset(out_dir, *, num_examples, size, num_shards, seed=0, labelled=False,
                          split='train'):
   """Tiny images whose GT map is a 4 x 4 grid of ids 0..3 (trainer tests).
 

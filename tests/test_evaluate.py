@@ -276,8 +276,7 @@ def test_clear_errors(tmp_path):
   data, val = _class_data(tmp_path)
   # A dataset without the class map (GT only), naming the command that writes it.
   plain = str(tmp_path / 'plain')
-  mask_records.write_blocky_dataset(plain, num_examples=4, size=32, num_shards=1,
-                                    labelled=False)
+  mask_records.write_blocky_dataset(plain, num_examples=4, size=32, num_shards=1)
   with pytest.raises(eval_input.EvalDataError, match="no per-pixel class map 'class'") as e:
     evaluate.evaluate_probe(data_dir=plain, workdir=str(tmp_path), eval_split='train')
   assert 'precompute_masks --source=demo' in str(e.value)

@@ -144,7 +144,7 @@ def test_the_self_supervised_update_is_the_same_with_the_probes():
 
 
 def test_a_labelled_run_logs_its_probes_and_the_held_out_ones_against_the_floor(
-    data_dir, tmp_path):
+    labelled_data_dir, tmp_path):
   """The trainer on labelled data with class maps (tests/mask_records.py's
   blocky images: image labels and class maps): the online classifier and
   dense probe every logged step; the held-out dense probe and kNN at step 0
@@ -154,9 +154,9 @@ def test_a_labelled_run_logs_its_probes_and_the_held_out_ones_against_the_floor(
   from tests.test_train import read_event_scalars  # pylint: disable=g-import-not-at-top
   val = str(tmp_path / 'val')
   mask_records.write_blocky_dataset(val, num_examples=8, size=80, num_shards=1, seed=1,
-                                    split='val')
+                                    split='val', labelled=True)
   config = byol.get_config('test')
-  config.data.dir = data_dir
+  config.data.dir = labelled_data_dir
   config.update(total_steps=3, eval_every_steps=2, eval_data_dir=val)
   workdir = str(tmp_path / 'run')
   train.train_and_evaluate(config, workdir)
@@ -175,17 +175,18 @@ def test_a_labelled_run_logs_its_probes_and_the_held_out_ones_against_the_floor(
   assert values['eval/probe_miou_floor'] == [values['eval/probe_miou'][0]] * 3
 
 
-def test_the_held_out_evaluation_needs_targets_both_datasets_share(data_dir, tmp_path):
+def test_the_held_out_evaluation_needs_targets_both_datasets_share(labelled_data_dir,
+                                                                  tmp_path):
   from configs import byol  # pylint: disable=g-import-not-at-top
   from dense_ssl import config_check  # pylint: disable=g-import-not-at-top
   from tests import mask_records  # pylint: disable=g-import-not-at-top
   plain, labelled = str(tmp_path / 'plain'), str(tmp_path / 'labelled')
   mask_records.write_blocky_dataset(plain, num_examples=4, size=32, num_shards=1,
-                                    labelled=False, split='val')
-  mask_records.write_blocky_dataset(labelled, num_examples=4, size=32, num_shards=1,
                                     split='val')
+  mask_records.write_blocky_dataset(labelled, num_examples=4, size=32, num_shards=1,
+                                    split='val', labelled=True)
   config = byol.get_config('test')
-  config.data.dir = data_dir
+  config.data.dir = labelled_data_dir
   config.update(eval_every_steps=2, eval_data_dir=plain)
   found = config_check.problems(config)
   assert len(found) == 1 and found[0].startswith(f'config.eval_data_dir={plain!r}: the '

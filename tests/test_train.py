@@ -130,7 +130,7 @@ def one_step(config, batch, num_devices):
 # test_faults'), SimCLR's (one network, colour on the host) in the NaN test.
 
 
-def test_kill_and_resume_is_exact(data_dir, tmp_path, caplog):
+def test_kill_and_resume_is_exact(labelled_data_dir, tmp_path, caplog):
   """Every dense objective composed on DetCon-B (MoCo's queue, LC, SCRL,
   ReSim-FPN), through the real pipeline with LC's colour-only first view:
   2 + 2 steps == 4 steps, bit for bit,
@@ -140,7 +140,7 @@ def test_kill_and_resume_is_exact(data_dir, tmp_path, caplog):
   configs' float64 checks: test_method.py, test_dense_objectives.py): one
   program for all of them instead of one per config.
   """
-  config = make_config('detcon_b', data_dir, total_steps=4, ckpt_every_steps=2,
+  config = make_config('detcon_b', labelled_data_dir, total_steps=4, ckpt_every_steps=2,
                        **{'optimizer.base_lr': 1.0, 'objectives.moco.weight': 0.5,
                           'objectives.lc.weight': 0.1, 'objectives.scrl.weight': 0.5,
                           'objectives.resim.weight': 1.0,
