@@ -30,7 +30,7 @@ from data_pipeline import mask_kinds
 from data_pipeline.view_config import VIEW_MODES
 from dense_ssl import objectives as objectives_lib
 from dense_ssl import optim
-from dense_ssl.config_rules import check, is_number
+from data_pipeline.config_rules import check, is_number
 from dense_ssl.models import resnet
 
 DTYPES = ('float32', 'bfloat16', 'float16')

@@ -47,6 +47,20 @@ def read_scalars(workdir):
   return {tag: sorted(d.items()) for tag, d in series.items()}
 
 
+def _save(fig, out):
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
+
+
+def _summary(series, tags):
+  for tag in tags:
+    first, last = series[tag][0], series[tag][-1]
+    print(f'{tag}: step {first[0]} = {first[1]:.4f} -> step {last[0]} = {last[1]:.4f}')
+
+
 def plot(series, tags, out):
   import matplotlib
   matplotlib.use('Agg')
@@ -59,10 +73,7 @@ def plot(series, tags, out):
     ax.set_title(tag)
     ax.set_xlabel('step')
     ax.grid(alpha=0.3)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  fig.savefig(out, dpi=110)
-  plt.close(fig)
+  _save(fig, out)
 
 
 # (panel title, online tag, held-out tag, floor tag) of --learning.
@@ -98,10 +109,7 @@ def plot_learning(series, out):
   for ax in axes[0]:
     ax.set_xlabel('step')
     ax.grid(alpha=0.3)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  fig.savefig(out, dpi=110)
-  plt.close(fig)
+  _save(fig, out)
 
 
 def main(argv):
@@ -114,10 +122,8 @@ def main(argv):
     if 'train/loss' not in series:
       cli.fail(PROG, f'--workdir={_WORKDIR.value}: no train/loss scalar there')
     plot_learning(series, _OUT.value)
-    for tag in ('train/loss',) + tuple(t for p in _LEARNING_PANELS for t in p[1:]):
-      if tag in series:
-        first, last = series[tag][0], series[tag][-1]
-        print(f'{tag}: step {first[0]} = {first[1]:.4f} -> step {last[0]} = {last[1]:.4f}')
+    _summary(series, [t for t in ('train/loss',) + tuple(t for p in _LEARNING_PANELS
+                                                          for t in p[1:]) if t in series])
     print(f'wrote {_OUT.value}')
     return
   wanted = _TAGS.value or ['loss']
@@ -126,9 +132,7 @@ def main(argv):
     cli.fail(PROG, f'--tags={",".join(wanted)}: no scalar tag matches; '
              f'available: {", ".join(sorted(series))}')
   plot(series, tags, _OUT.value)
-  for tag in tags:
-    first, last = series[tag][0], series[tag][-1]
-    print(f'{tag}: step {first[0]} = {first[1]:.4f} -> step {last[0]} = {last[1]:.4f}')
+  _summary(series, tags)
   print(f'wrote {_OUT.value}')
 
 

@@ -5,21 +5,11 @@ registry without TensorFlow. A kind that makes its maps in the pipeline
 imports TensorFlow inside `labels_fn`.
 """
 
-import math
-import numbers
-
+from data_pipeline import config_rules
 from data_pipeline import view_config
 
 read = view_config.read   # The kinds read config.data through the one reader.
-
-
-def is_number(value, integer=False):
-  """A finite int/float (not bool); with integer, an int (config_check's rule)."""
-  if isinstance(value, bool) or not isinstance(value, numbers.Real):
-    return False
-  if integer:
-    return isinstance(value, numbers.Integral)
-  return math.isfinite(float(value))
+is_number = config_rules.is_number   # config_check's rule, for the kinds' checks.
 
 
 class MaskKind:

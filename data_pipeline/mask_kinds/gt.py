@@ -23,28 +23,12 @@ class GroundTruth(stored_map.SingleStoredMap):
     return [records.GT_MASK] * bool(job['gt']) + [records.CLASS_MASK] * bool(job['classes'])
 
   def label_maps(self, item, rgb, task):
-    from data_pipeline.masks.errors import ImageFailure  # pylint: disable=g-import-not-at-top
     if not task.gt or item.gt is None:
       return {}
     height, width = rgb.shape[:2]
-    out = {}
-    try:
-      gt = item.gt()
-    except Exception as e:  # pylint: disable=broad-except
-      raise ImageFailure(f'GT map cannot be read: {type(e).__name__}: {e}') from None
-    if gt is None or np.shape(gt) != (height, width):
-      raise ImageFailure(f'GT map has shape {None if gt is None else np.shape(gt)}'
-                         f' but the image is {(height, width)}')
-    out[records.GT_MASK] = np.asarray(gt)
+    out = {records.GT_MASK: _read_map(item.gt, 'GT map', (height, width))}
     if records.CLASS_MASK in task.mask_names:
-      try:
-        cls = None if item.classes is None else item.classes()
-      except Exception as e:  # pylint: disable=broad-except
-        raise ImageFailure(f'class map cannot be read: {type(e).__name__}: {e}') from None
-      if cls is None or np.shape(cls) != (height, width):
-        raise ImageFailure(f'class map has shape {None if cls is None else np.shape(cls)}'
-                           f' but the image is {(height, width)}')
-      out[records.CLASS_MASK] = np.asarray(cls)
+      out[records.CLASS_MASK] = _read_map(item.classes, 'class map', (height, width))
     return out
 
   def abo_names(self, mask_names):
@@ -56,3 +40,16 @@ class GroundTruth(stored_map.SingleStoredMap):
 
 
 KIND = GroundTruth()
+
+
+def _read_map(read, what, shape):
+  """read() -> the map, or ImageFailure naming `what` (unreadable, absent, wrong shape)."""
+  from data_pipeline.masks.errors import ImageFailure  # pylint: disable=g-import-not-at-top
+  try:
+    label_map = None if read is None else read()
+  except Exception as e:  # pylint: disable=broad-except
+    raise ImageFailure(f'{what} cannot be read: {type(e).__name__}: {e}') from None
+  if label_map is None or np.shape(label_map) != shape:
+    raise ImageFailure(f'{what} has shape {None if label_map is None else np.shape(label_map)}'
+                       f' but the image is {shape}')
+  return np.asarray(label_map)

@@ -57,7 +57,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from dense_ssl import config_rules
+from data_pipeline import config_rules
 
 AXIS = 'batch'  # The data-parallel mesh axis: cross-replica BN and gathers.
 ONLINE, TARGET = 'online', 'target'

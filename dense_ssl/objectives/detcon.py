@@ -24,7 +24,7 @@ Table 5), shared_network. The masks are config.data.mask (a kind of data_pipelin
 import jax
 import jax.numpy as jnp
 
-from dense_ssl import config_rules
+from data_pipeline import config_rules
 from data_pipeline import mask_kinds
 from dense_ssl.losses import detcon as detcon_losses
 from dense_ssl.models import resnet

@@ -19,7 +19,7 @@ paper, an assumption), local_hidden (0: 2048 x model.width_multiplier, the paper
 local_dim (256).
 """
 
-from dense_ssl import config_rules
+from data_pipeline import config_rules
 from dense_ssl.losses import lc as lc_losses
 from dense_ssl.models import heads
 from dense_ssl.objectives import base

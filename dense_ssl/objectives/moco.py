@@ -19,7 +19,7 @@ Config (config.objectives.moco): weight, queue_size (65,536), temperature (0.2).
 import jax
 import jax.numpy as jnp
 
-from dense_ssl import config_rules
+from data_pipeline import config_rules
 from dense_ssl.losses import moco as moco_losses
 from dense_ssl.losses.detcon import l2_normalize
 from dense_ssl.objectives import base

@@ -33,7 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dense_ssl import config_rules
+from data_pipeline import config_rules
 from dense_ssl.losses import resim as resim_losses
 from dense_ssl.models import heads
 from dense_ssl.objectives import base

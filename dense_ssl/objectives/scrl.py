@@ -33,7 +33,7 @@ Config (config.objectives.scrl): weight, num_boxes (K = 10), min_box_size
 import jax
 import jax.numpy as jnp
 
-from dense_ssl import config_rules
+from data_pipeline import config_rules
 from dense_ssl.losses import scrl as scrl_losses
 from dense_ssl.models import resnet
 from dense_ssl.objectives import base

@@ -1,7 +1,9 @@
 """The words of a config check: `check(key, value, rule)` -> [] or one problem line.
 
-Used by dense_ssl/config_check.py and by the objectives' `validate` hooks
-(dense_ssl/objectives/), so that every range problem reads the same:
+Used by dense_ssl/config_check.py, the objectives' `validate` hooks
+(dense_ssl/objectives/) and the mask kinds' checks (data_pipeline/mask_kinds/),
+so that every range problem reads the same (pure Python, in the lowest
+layer so both packages can import it):
 `config.<key>=<value>: must be <rule>`.
 """
 
