@@ -78,7 +78,7 @@ def base_config(name, **weights):
       dir='',                     # Mask dataset (precompute_masks --out_dir); required.
       split='train',
       image_size=224,
-      mask='fh',                  # fh | gt | user | grid
+      mask='fh',                  # fh | gt | user | grid | discovered
       fh_scale=1000,              # A stored FH scale, or -1: one stored scale per example.
       grid_size=4,
       crop_area=(0.08, 1.0),
@@ -108,7 +108,21 @@ def base_config(name, **weights):
       # the host ships uint8 views; 'host' applies it in tf.data instead.
       color_on='device',
       prefetch_to_device=2,       # Batches put on the devices ahead of the step.
+      # mask='discovered' (Odin): the host also ships the whole image, resized
+      # to this many pixels (0: image_size), uncropped, unflipped, no colour;
+      # the step clusters its features into the views' masks (config.discovery).
+      discovery_view_size=0,
   ))
+  # Mask discovery (Odin, Hénaff et al. 2022; dense_ssl/discovery.py), used
+  # when data.mask='discovered': the EMA target network (in inference mode)
+  # embeds the whole-image view; its `feature` map is clustered per image by
+  # spherical k-means (num_clusters, num_iterations); each view's mask is the
+  # cluster map carried through the view's crop and flip. quality_every_steps
+  # (0: never): the discovered masks' ABO against GT instances on the first
+  # quality_images of data.dir, logged as discovery/abo (beside FH's).
+  c.discovery = ml_collections.ConfigDict(dict(
+      num_clusters=8, num_iterations=10, feature='c4', quality_every_steps=0,
+      quality_images=64))
 
   c.log_every_steps = 50
   c.ckpt_every_steps = 1000
@@ -221,6 +235,7 @@ def test(c):
   c.ckpt_every_steps = 1
   c.keep_checkpoints = 2
   c.eval.update(probe_steps=20, probe_train_images=16, batch_size=8)
+  c.discovery.update(num_clusters=4, num_iterations=3, quality_images=8)
 
 
 PRESETS = dict(imagenet=imagenet, coco=coco, demo=demo, test=test)
