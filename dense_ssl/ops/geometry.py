@@ -106,6 +106,46 @@ def cell_centres_in_original(box, flip, grid: GridSize):
   return view_to_original(jnp.broadcast_to(pts, (box.shape[0],) + pts.shape), box, flip)
 
 
+# Normalised distance below a cell boundary that resample_map_to_view treats
+# as on it: ~2.5x the float32 error of view_to_original (measured <= 1.8e-7).
+_ON_BOUNDARY = 5e-7
+
+
+def resample_map_to_view(label_map, box, flip, size: int):
+  """A map over the whole original image, carried into a view (nearest).
+
+  Odin's discovery clusters the un-cropped image; each view's mask is that
+  cluster map seen through the view's crop box and flip. View pixel (r, c)
+  reads the map cell under its centre: with (y, x) = view_to_original(
+  ((r + .5) / S, (c + .5) / S)), cell (min(floor(y h), h - 1),
+  min(floor(x w), w - 1)). This is the pipeline's label crop
+  (augment.crop_and_resize_labels: half-pixel nearest, the flip applied to the
+  column indices) whenever the original's pixels tile the map's cells.
+
+  A centre exactly on a cell boundary (frequent: pixel-aligned windows at
+  integer scale factors) reads the cell after it, as exact arithmetic does
+  (and the pipeline, in tests/test_discovery_ops.py). float32 lands such a
+  centre up to ~2e-7 either side, so one
+  less than _ON_BOUNDARY below a boundary counts as on it. Where cells are
+  whole pixels no other centre comes that close (>= 1 / (2 S H): 5.6e-7 for
+  S = 224, H = 4000 px); elsewhere the shift is immaterial.
+
+  Args:
+    label_map: int [B, h, w], the map over the original image.
+    box: [B, 4] (y0, x0, y1, x1) the view's crop window. flip: [B] int.
+    size: the view side S (pixels).
+  Returns:
+    int32 [B, S, S].
+  """
+  bsz, h, w = label_map.shape
+  pts = cell_centres_in_original(box, flip, size)              # [B, S * S, 2]
+  cell = jnp.floor((pts + _ON_BOUNDARY) * jnp.array([h, w], jnp.float32)).astype(jnp.int32)
+  row = jnp.clip(cell[..., 0], 0, h - 1)
+  col = jnp.clip(cell[..., 1], 0, w - 1)
+  flat = label_map.reshape(bsz, h * w).astype(jnp.int32)
+  return jnp.take_along_axis(flat, row * w + col, axis=1).reshape(bsz, size, size)
+
+
 def overlap_box(box_a, box_b):
   """Intersection of two views' crop windows (SCRL's IS(v1, v2)), original coords.
 
