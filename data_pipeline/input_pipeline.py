@@ -21,6 +21,13 @@ Batches (WORKSPACE.md, section 4), leading dims [num_local_devices, per_device_b
   ImageNet-normalised (color_on='host'); view{k}/mask [D, B, S, S] in the smallest integer type that holds the
   ids (mask_dtype: uint8, uint16 or int32); view{k}/box float32 [D, B, 4]
   (y0, x0, y1, x1); view{k}/flip int32 [D, B].
+With data.mask='discovered' (Odin) the views carry no view{k}/mask, and the
+batch also holds whole/image [D, B, S_d, S_d, 3] (S_d:
+view_config.discovery_view_size): the whole image resized as a
+'color_only' view is (the same pixels), never cropped, flipped or
+coloured; uint8, or with color_on='host' float32 ImageNet-normalised. Its
+box is (0, 0, 1, 1) by construction and not shipped. The training step
+discovers the views' masks from it (dense_ssl/discovery.py).
 With probe_targets=True (make_pretrain_dataset), also what the dataset
 offers (probe_targets(manifest)): `label` int32 [D, B], the image label, and
 for every global view (not the local crops) view{k}/class [D, B, S, S], the
@@ -44,6 +51,10 @@ statelessly and shared by its views), and its `labels_fn` gives the labels
 laid over the ORIGINAL image and cropped with the view, as every mask is
 "transform[ed] ... using the same cropping and resizing as used for the
 underlying RGB image", Sec. 3.1). Ids pass through unchanged (never wrapped).
+A kind that ships no view masks ('discovered': `ships_view_masks` False)
+reads no map from the records, and one that `ships_whole_view` adds
+whole/image (make_whole_view), which draws no random numbers: the views'
+streams are the same with or without it.
 
 Determinism and exact resume
 ----------------------------
@@ -72,7 +83,8 @@ code base sets one (`tf.random.set_seed`), and doing so would change the order
 
 Config keys read (config.data; their defaults are configs/common.py
 base_config's, and a missing key is an error naming it): dir, split,
-image_size, mask and its kind's keys (fh_scale, grid_size), crop_area,
+image_size, mask and its kind's keys (fh_scale, grid_size,
+discovery_view_size), crop_area,
 crop_aspect, view_modes, shared_flip, color_on, color_jitter_prob,
 brightness, contrast, saturation, hue, grayscale_prob, blur_prob,
 blur_sigma, solarize_prob, shuffle_buffer, file_parallel_reads,
@@ -337,8 +349,8 @@ def parse_and_decode(serialized, mask_names, seed):
   """Decodes the image and ONE label map of a record.
 
   With several candidate maps (fh_scale=-1) the map is picked uniformly with
-  the stateless `seed`; only the picked one is decoded. With none (grid) the
-  returned labels are None.
+  the stateless `seed`; only the picked one is decoded. With none (grid,
+  discovered) the returned labels are None.
   Returns (image uint8 [H, W, 3], labels int32 [H, W] or None).
 
   The image is decoded once and every view crops it. tf.io.decode_and_crop_jpeg
@@ -379,7 +391,8 @@ def make_view(image, labels, seed, spec, color, shared_flip=None, mask_dtype=tf.
   """One augmented view of a decoded example.
 
   Args:
-    image: uint8 [H, W, 3]. labels: int32 [H, W].
+    image: uint8 [H, W, 3]. labels: int32 [H, W], or None: the view ships no
+      mask (data.mask='discovered').
     seed: [2] stateless seed of this view.
     spec: view_config.ViewSpec. color: augment.byol_color_augment kwargs, or None: no
       colour on the host (data.color_on='device'; dense_ssl/ops/color.py
@@ -391,11 +404,11 @@ def make_view(image, labels, seed, spec, color, shared_flip=None, mask_dtype=tf.
     class_dtype: the class map's type in the view (id_dtype).
   Returns:
     dict(image [S, S, 3] float32 normalised, or uint8 when color is None,
-    mask [S, S] mask_dtype, box float32 [4], flip int32 [], and with
-    class_map: class [S, S] class_dtype).
+    mask [S, S] mask_dtype (not with labels None), box float32 [4], flip
+    int32 [], and with class_map: class [S, S] class_dtype).
   """
   s_crop, s_flip, s_color = augment.split_seed(seed, 3)
-  shape = tf.shape(labels)
+  shape = tf.shape(image)
   height, width = shape[0], shape[1]
   size = spec.size
   if spec.mode == 'crop':
@@ -408,14 +421,10 @@ def make_view(image, labels, seed, spec, color, shared_flip=None, mask_dtype=tf.
   else:  # color_only: the whole image, resized (LC-loss's I_c).
     window = (tf.constant(0), tf.constant(0), height, width)
     flip = tf.constant(False)
-  if color is None:
-    # Ship uint8: a quarter of float32's bytes; the colour runs on the device.
-    img = augment.crop_and_resize_image_uint8(image, window, size)
-  else:
-    img = augment.crop_and_resize_image(image, window, size)
+  img = _resize_window(image, window, size, uint8=color is None)
   # Every label map of the view: the same window and flip (folded into the
   # resize's column indices), nearest.
-  maps = {'mask': (labels, mask_dtype)}
+  maps = {} if labels is None else {'mask': (labels, mask_dtype)}
   if class_map is not None:
     maps['class'] = (class_map, class_dtype)
   out = {key: tf.ensure_shape(augment.crop_and_resize_labels(
@@ -430,6 +439,30 @@ def make_view(image, labels, seed, spec, color, shared_flip=None, mask_dtype=tf.
   return dict(image=img, **out,
               box=augment.window_to_box(*window, height, width),
               flip=tf.cast(flip, tf.int32))
+
+
+def _resize_window(image, window, size, uint8):
+  """The window of uint8 [H, W, 3] bicubic-resized to [size, size, 3]: uint8
+  (shipped as is; the colour runs on the device), else float32 in [0, 1]."""
+  if uint8:
+    # Ship uint8: a quarter of float32's bytes.
+    return augment.crop_and_resize_image_uint8(image, window, size)
+  return augment.crop_and_resize_image(image, window, size)
+
+
+def make_whole_view(image, size, color_on_host):
+  """whole/image: the whole image resized to [size, size, 3], for mask discovery.
+
+  Odin's discovery view: no crop, no flip, no colour; the same resize as a
+  'color_only' view (the same pixels as one of this size before its colour).
+  image: uint8 [H, W, 3]. Returns uint8, or with color_on_host float32
+  ImageNet-normalised (the host's views are; this one is not coloured).
+  """
+  shape = tf.shape(image)
+  window = (tf.constant(0), tf.constant(0), shape[0], shape[1])
+  img = tf.ensure_shape(_resize_window(image, window, size, uint8=not color_on_host),
+                        [size, size, 3])
+  return augment.normalize(img) if color_on_host else img
 
 
 COLOR_ON = view_config.COLOR_ON
@@ -449,6 +482,7 @@ def mask_dtype(manifest, data_config):
   The kind's `num_ids`: grids hold n^2 ids; stored maps hold ids up to the
   manifest's `max_label_id` (the largest id of any stored map); a manifest
   without it (written before it existed) gives int32. Ids are never wrapped.
+  'discovered' ships no view masks: int32, unused by its batches.
   """
   n = mask_kinds.get(data_config).num_ids(manifest, data_config)
   return tf.int32 if n is None else id_dtype(n)
@@ -458,12 +492,15 @@ def shipped_mask_dtype(data_config):
   """(mask dtype, where it came from) of the views, without reading any record.
 
   The manifest at data.dir decides (mask_dtype) when it can be read; a kind
-  made on the fly knows its own (grid: data.grid_size); else uint16 is
+  made on the fly knows its own (grid: data.grid_size); a kind that ships
+  no view masks ('discovered') says so, with int32; else uint16 is
   assumed: FH maps of ImageNet-size images hold more than 255 segments. For
   the tools that build a batch's shapes without the dataset (the compile
   check, the GPU benchmark).
   """
   kind = mask_kinds.get(data_config)
+  if not kind.ships_view_masks:
+    return tf.int32, f'none shipped (data.mask={kind.name!r})'
   data_dir = _read(data_config, 'dir')
   try:
     return mask_dtype(read_manifest(data_dir), data_config), \
@@ -480,13 +517,18 @@ def make_views_fn(data_config, mask_names, masks_dtype=tf.int32, targets=(),
 
   `targets`: probe targets to ship too (probe_targets(manifest)): 'label' as
   `label`, 'class' as view{k}/class (class_dtype) of every global view.
+  A kind that does not ship view masks gets none (mask_names must be
+  empty); one that ships the whole view adds whole/image (make_whole_view).
   """
   specs = view_config.view_specs(data_config)
-  color = view_config.color_kwargs(data_config) if color_on(data_config) == 'host' else None
+  host = color_on(data_config) == 'host'
+  color = view_config.color_kwargs(data_config) if host else None
   shared = bool(_read(data_config, 'shared_flip'))
+  kind = mask_kinds.get(data_config)
   # The stored map, or one the kind makes on the fly (grid: DetCon Sec. 3.2,
   # at full resolution, so that the view's crop transforms it like any mask).
-  labels_fn = mask_kinds.get(data_config).labels_fn(data_config)
+  labels_fn = kind.labels_fn(data_config) if kind.ships_view_masks else None
+  whole_size = view_config.discovery_view_size(data_config) if kind.ships_whole_view else None
 
   num_global = sum(not spec.local for spec in specs)
 
@@ -498,7 +540,7 @@ def make_views_fn(data_config, mask_names, masks_dtype=tf.int32, targets=(),
           tf.random.experimental.stateless_fold_in(seed, _LOCAL_STREAM),
           len(specs) - num_global)
     image, labels = parse_and_decode(serialized, mask_names, s_mask)
-    labels = labels_fn(image, labels)
+    labels = None if labels_fn is None else labels_fn(image, labels)
     stored = parse_probe_targets(serialized, targets) if targets else {}
     flip = tf.random.stateless_uniform([], s_flip) < 0.5 if shared else None
     out = {'label': stored['label']} if 'label' in stored else {}
@@ -508,6 +550,8 @@ def make_views_fn(data_config, mask_names, masks_dtype=tf.int32, targets=(),
       for key, v in make_view(image, labels, s, spec, color, view_flip,
                               masks_dtype, class_map, class_dtype).items():
         out[f'view{k + 1}/{key}'] = v
+    if whole_size is not None:
+      out['whole/image'] = make_whole_view(image, whole_size, host)
     return out
 
   return fn
@@ -520,9 +564,11 @@ def example_spec(data_config, masks_dtype=tf.uint16, probe_targets=(),
   Traced from the same views function the pipeline maps over its records
   (no data is read): every view incl. local crops, the image dtype of
   data.color_on, the mask in `masks_dtype` (input_pipeline.mask_dtype of the
-  dataset), box and flip; with `probe_targets` (the tuple a probe_targets=True
-  pipeline ships: probe_targets(manifest)) also `label` and view{k}/class in
-  `class_dtype` (id_dtype(num_map_classes(manifest))). The compile
+  dataset; none for a kind that ships no view masks), box and flip, and
+  whole/image for a kind that ships it ('discovered'); with `probe_targets`
+  (the tuple a probe_targets=True pipeline ships: probe_targets(manifest))
+  also `label` and view{k}/class in `class_dtype`
+  (id_dtype(num_map_classes(manifest))). The compile
   check (dense_ssl/compile_check.py) builds its abstract batch from it.
   """
   mask_names = ['spec'] if mask_kinds.get(data_config).stored else []
@@ -560,7 +606,11 @@ def make_pretrain_dataset(data_config, *, global_batch_size, seed, start_step=0,
       [D, B]) and view{k}/class ([D, B, S, S], every global view); the tuple
       is input_pipeline.probe_targets(manifest). Off: the batch is unchanged.
   Returns:
-    Endless dataset of dicts with leading dims [num_local_devices, B].
+    Endless dataset of dicts with leading dims [num_local_devices, B]:
+    view{k}/image, mask, box, flip (module docstring); with
+    data.mask='discovered' no view{k}/mask, and whole/image [D, B, S_d, S_d, 3]
+    (the whole image resized to view_config.discovery_view_size, no crop,
+    flip or colour; uint8, or float32 normalised with color_on='host').
   """
   if global_batch_size % (process_count * num_local_devices):
     raise ValueError(f'global batch size {global_batch_size} must be divisible by'

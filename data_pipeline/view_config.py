@@ -131,6 +131,13 @@ def view_specs(data_config):
   return specs
 
 
+def discovery_view_size(data_config):
+  """S_d, the side of whole/image (data.mask='discovered'): data.discovery_view_size,
+  or data.image_size when it is 0."""
+  size = int(read(data_config, 'discovery_view_size'))
+  return size or int(read(data_config, 'image_size'))
+
+
 def color_kwargs(data_config):
   """Keyword arguments of augment.byol_color_augment shared by all views."""
   return dict(

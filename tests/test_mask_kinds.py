@@ -9,6 +9,7 @@ import pytest
 
 from data_pipeline import input_pipeline as ip
 from data_pipeline import mask_kinds
+from data_pipeline import records
 from data_pipeline import view_config
 from data_pipeline.mask_kinds import base
 from tests import fake_data
@@ -18,9 +19,14 @@ S = 32
 
 
 def test_the_registry_lists_exactly_the_kinds():
-  assert mask_kinds.names() == ('fh', 'gt', 'user', 'grid')
+  assert mask_kinds.names() == ('fh', 'gt', 'user', 'grid', 'discovered')
   assert [k.name for k in mask_kinds.stored()] == ['fh', 'gt', 'user']
   assert mask_kinds.get(fake_data.data_config(mask='grid')) is mask_kinds.grid.KIND
+  # Only 'discovered' changes what a batch carries (its views' masks come from the step).
+  assert [k.name for k in mask_kinds.REGISTRY.values() if not k.ships_view_masks] == [
+      'discovered']
+  assert [k.name for k in mask_kinds.REGISTRY.values() if k.ships_whole_view] == [
+      'discovered']
   assert mask_kinds.owner('fh_s500_m500_sig0.8').name == 'fh'
   assert mask_kinds.owner('class') is None   # GT's class labels: never a view's mask.
 
@@ -31,6 +37,11 @@ def test_the_registry_lists_exactly_the_kinds():
     (dict(mask='fh', fh_scale='big'), 'config.data.fh_scale='),
     (dict(mask='grid', grid_size=0), 'config.data.grid_size='),
     (dict(mask='grid', grid_size=2.5), 'config.data.grid_size='),
+    (dict(mask='discovered', discovery_view_size=-32), 'config.data.discovery_view_size='),
+    (dict(mask='discovered', discovery_view_size=100), 'config.data.discovery_view_size='),
+    (dict(mask='discovered', discovery_view_size=96.0), 'config.data.discovery_view_size='),
+    (dict(mask='discovered', discovery_view_size='96'), 'config.data.discovery_view_size='),
+    (dict(mask='discovered', discovery_view_size=True), 'config.data.discovery_view_size='),
 ])
 def test_each_kinds_check_names_the_key(overrides, key):
   problems = mask_kinds.check(fake_data.data_config(**overrides))
@@ -39,7 +50,29 @@ def test_each_kinds_check_names_the_key(overrides, key):
 
 def test_good_values_pass_and_other_kinds_keys_are_not_checked():
   assert mask_kinds.check(fake_data.data_config(mask='fh', fh_scale=-1)) == []
-  assert mask_kinds.check(fake_data.data_config(mask='gt', fh_scale=0, grid_size=0)) == []
+  assert mask_kinds.check(fake_data.data_config(mask='gt', fh_scale=0, grid_size=0,
+                                                discovery_view_size=7)) == []
+  for size in (0, 96):   # 0: data.image_size.
+    assert mask_kinds.check(fake_data.data_config(mask='discovered',
+                                                  discovery_view_size=size)) == []
+  assert view_config.discovery_view_size(fake_data.data_config(
+      image_size=64, discovery_view_size=0)) == 64
+  assert view_config.discovery_view_size(fake_data.data_config(
+      image_size=64, discovery_view_size=96)) == 96
+
+
+def test_the_discovered_kind_reads_nothing_stored_and_has_no_quality_rows():
+  """Any dataset with images works; mask_quality's table gets no row from it."""
+  from data_pipeline import mask_quality  # pylint: disable=g-import-not-at-top
+  cfg = fake_data.data_config(mask='discovered', dir='/data/masks')
+  for manifest in ({}, {'mask_names': ['gt'], 'fh': [], 'max_label_id': 3}):
+    assert mask_kinds.check_dataset(cfg, manifest) == []
+    assert ip.mask_choices(manifest, cfg) == []
+    assert ip.mask_dtype(manifest, cfg) == ip.tf.int32   # No view masks: unused.
+  assert ip.shipped_mask_dtype(cfg) == (ip.tf.int32, "none shipped (data.mask='discovered')")
+  manifest = {'mask_names': ['gt', records.fh_mask_name(500, 500, 0.8)]}
+  sets = mask_quality.mask_sets(manifest, grids=[1, 2])
+  assert [kind for _, kind, _ in sets] == ['grid', 'grid', 'fh', 'gt']
 
 
 @pytest.mark.parametrize('mask', ['gt', 'user', 'fh'])

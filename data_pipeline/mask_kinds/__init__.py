@@ -1,6 +1,6 @@
 """The mask kinds: the values of config.data.mask, one module each.
 
-  mask_kinds.names()                      # ('fh', 'gt', 'user', 'grid')
+  mask_kinds.names()                      # ('fh', 'gt', 'user', 'grid', 'discovered')
   kind = mask_kinds.get(config.data)      # the kind config.data.mask names
   kind.choices(manifest, config.data)     # stored maps a view draws from
   mask_kinds.check(config.data)           # config problems, one line each
@@ -11,15 +11,20 @@ under which names (`record_names`, written by `label_maps`); which stored
 maps a view draws from (`choices`, whose errors name the config key and
 data.dir); how many ids its maps can hold (`num_ids`: the view masks'
 dtype); how a view gets its labels (`labels_fn`: the stored map, or made on
-the fly like 'grid'); its config checks (`check`, `check_dataset`, called by
-dense_ssl/config_check.py and DetCon's validate) and its part in the mask
-quality table (`abo_names`, `quality_rows`, `quality_labels`).
+the fly like 'grid'); what the batch carries for it (`ships_view_masks`,
+`ships_whole_view`: 'discovered' ships no view masks but the whole image,
+whole/image, from which the training step discovers them); its config
+checks (`check`, `check_dataset`, called by dense_ssl/config_check.py and
+DetCon's validate) and its part in the mask quality table (`abo_names`,
+`quality_rows`, `quality_labels`; a kind with nothing stored and no map
+made on the host, like 'discovered', has no row).
 
 Adding a kind
 -------------
   1. One module here: a base.MaskKind subclass and `KIND = MyKind()`. A kind
      made on the fly sets `stored = False` and overrides `labels_fn` and
-     `num_ids` (see grid.py); a stored kind overrides `record_names`,
+     `num_ids` (see grid.py; discovered.py makes none on the host and
+     ships the whole image instead); a stored kind overrides `record_names`,
      `label_maps`, `owns` and `choices` (see user.py).
   2. Its line in REGISTRY below (the order is the order its maps are
      stored in a record and listed in the manifest).
@@ -30,6 +35,7 @@ A stored kind also needs the precompute flag that asks for it
 `job` dict that plan.plan_job hands to `record_names`.
 """
 
+from data_pipeline.mask_kinds import discovered
 from data_pipeline.mask_kinds import fh
 from data_pipeline.mask_kinds import grid
 from data_pipeline.mask_kinds import gt
@@ -38,8 +44,9 @@ from data_pipeline import view_config
 
 read = view_config.read
 
-# name -> kind, in the order a record stores the maps (fh, gt (+ class), user).
-REGISTRY = {k.name: k for k in (fh.KIND, gt.KIND, user.KIND, grid.KIND)}
+# name -> kind, in the order a record stores the maps (fh, gt (+ class), user);
+# the kinds that store nothing after them.
+REGISTRY = {k.name: k for k in (fh.KIND, gt.KIND, user.KIND, grid.KIND, discovered.KIND)}
 
 
 def names():

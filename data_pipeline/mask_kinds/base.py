@@ -26,6 +26,12 @@ class MaskKind:
     choices           the stored maps a view draws from (one picked per example).
     num_ids           how many ids its maps can hold (the view masks' dtype).
     labels_fn         in the pipeline: (image, stored labels) -> the labels.
+    ships_view_masks  True: every view ships view{k}/mask (its labels
+                      cropped with it); False: the views carry no mask
+                      (the training step makes them: 'discovered').
+    ships_whole_view  True: the batch also holds whole/image, the whole
+                      image resized to view_config.discovery_view_size, no
+                      crop, flip or colour (Odin's view for mask discovery).
     check             the config's problems with this kind (no data read).
     check_dataset     the config's problems against a dataset's manifest.
     abo_names         its stored maps that are scored against GT (ABO).
@@ -35,6 +41,8 @@ class MaskKind:
   name = None
   stored = True
   expensive = False
+  ships_view_masks = True
+  ships_whole_view = False
 
   # ---------------------------------------------------------- precompute ---
 
