@@ -220,6 +220,8 @@ def demo(c):
   # The held-out probe on CPU (launch/demo.sh turns it on with
   # --config.eval_every_steps and the held-out scenes in eval_data_dir).
   c.eval.update(probe_steps=300, probe_train_images=256, batch_size=32)
+  # Odin's discovery scored on 64 demo scenes every 25 steps (configs/odin.py).
+  c.discovery.update(quality_every_steps=25)
 
 
 def test(c):

@@ -15,6 +15,7 @@ _RULES = {
     '> 0': (lambda v: v > 0, 'must be > 0'),
     '>= 0': (lambda v: v >= 0, 'must be >= 0'),
     '>= 1': (lambda v: v >= 1, 'must be >= 1'),
+    '>= 2': (lambda v: v >= 2, 'must be >= 2'),
     'in [0, 1]': (lambda v: 0 <= v <= 1, 'must be in [0, 1]'),
     'in [0, 1)': (lambda v: 0 <= v < 1, 'must be in [0, 1)'),
     'in (0, 1]': (lambda v: 0 < v <= 1, 'must be in (0, 1]'),
@@ -34,7 +35,7 @@ def check(key, value, rule, *, integer=False):
   """[] or one problem line `config.<key>=<value>: must be <rule>`.
 
   `key` is the dotted path under config (e.g. 'objectives.detcon.num_samples');
-  `rule` one of _RULES ('> 0', '>= 0', '>= 1', 'in [0, 1]', 'in [0, 1)',
+  `rule` one of _RULES ('> 0', '>= 0', '>= 1', '>= 2', 'in [0, 1]', 'in [0, 1)',
   'in (0, 1]'); integer: the value must also be an int.
   """
   test, words = _RULES[rule]

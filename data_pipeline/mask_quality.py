@@ -91,7 +91,7 @@ def mask_sets(manifest, grids):
   return made + stored + reference
 
 
-def _label_maps(serialized, names):
+def label_maps(serialized, names):
   """{name: int32 [H, W]} of the stored maps `names` of one record."""
   tf = tf_setup.import_tensorflow()
   f = tf.train.Example.FromString(serialized).features.feature
@@ -136,7 +136,7 @@ def measure(data_dir, grids=(1, 2, 5), split=None, limit=None):
     for serialized in tf.data.TFRecordDataset(path).as_numpy_iterator():
       if limit is not None and seen >= limit:
         break
-      maps = _label_maps(serialized, stored_sets)
+      maps = label_maps(serialized, stored_sets)
       gt = maps[records.GT_MASK]
       for name, kind, extra in sets:
         masks = mask_kinds.REGISTRY[kind].quality_labels(name, extra, maps, gt.shape)

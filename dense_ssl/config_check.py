@@ -224,6 +224,31 @@ def _data_problems(config):
   return p
 
 
+def _discovery_problems(config, objective_problems):
+  """config.discovery, when data.mask='discovered' (dense_ssl/discovery.py)."""
+  d, data = config.get('discovery') or {}, config.get('data') or {}
+  if data.get('mask') != 'discovered':
+    return []
+  p = check('discovery.num_clusters', d.get('num_clusters'), '>= 2', integer=True)
+  p += check('discovery.num_iterations', d.get('num_iterations'), '>= 1', integer=True)
+  p += _choice('discovery.feature', d.get('feature'), ('c2', 'c3', 'c4', 'c5'))
+  p += check('discovery.quality_every_steps', d.get('quality_every_steps'), '>= 0',
+             integer=True)
+  p += check('discovery.quality_images', d.get('quality_images'), '>= 1', integer=True)
+  size = data.get('discovery_view_size') or data.get('image_size')
+  stride = {'c2': 4, 'c3': 8, 'c4': 16, 'c5': 32}.get(d.get('feature'))
+  if not p and is_number(size, integer=True) and stride and (size // stride) ** 2 < d.num_clusters:
+    p.append(f'config.discovery.num_clusters={d.num_clusters}: the {d.feature} map of the '
+             f'{size} px whole view has only {(size // stride) ** 2} cells; lower it or '
+             'raise config.data.discovery_view_size')
+  if not objective_problems and not any(
+      o.uses_target for o, _ in objectives_lib.active(config)):
+    p.append("config.data.mask='discovered': the discovery network is the EMA target "
+             'network, and no active objective has one (DetCon-S, SimCLR); use DetCon-B '
+             '(configs/odin.py) or another objective with a target, or another data.mask')
+  return p
+
+
 def _objective_problems(config):
   subtrees = config.get('objectives') or {}
   registry = objectives_lib.REGISTRY
@@ -281,6 +306,12 @@ def _dataset_problems(config):
     p.append(f'config.data.split={split!r}: {data_dir} holds split '
              f'{manifest["split"]!r}')
   p += mask_kinds.check_dataset(d, manifest)
+  quality = _value(config, 'discovery.quality_every_steps')
+  if (d.get('mask') == 'discovered' and is_number(quality) and quality > 0
+      and 'gt' not in (manifest.get('mask_names') or [])):
+    p.append(f'config.discovery.quality_every_steps={quality}: the discovered masks are '
+             f'scored against GT instances, and config.data.dir={data_dir!r} stores none '
+             '(a demo or coco/2017_panoptic precompute does); set it to 0')
   every, eval_dir = config.get('eval_every_steps'), config.get('eval_data_dir')
   if is_number(every) and every > 0 and eval_dir:
     # The held-out dense probe trains on data.dir's class maps, scores on eval_data_dir's.
@@ -314,6 +345,7 @@ def problems(config, *, num_devices=None, check_data=True):
   p += [line for line in _data_problems(config)
         if line.split(':', 1)[0].split('=', 1)[0] not in said]
   p += from_objectives
+  p += _discovery_problems(config, from_objectives)
   if check_data:
     p += _dataset_problems(config)
   # One line per problem: drop exact repeats (two rules can meet on one key).

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from data_pipeline import view_config
+from dense_ssl import discovery
 from dense_ssl import objectives as objectives_lib
 from dense_ssl.models import network
 from dense_ssl.objectives import base
@@ -75,6 +76,8 @@ class Method:
                       view_config.num_local_crops(config.data),
                       [n for n, cls in objectives_lib.REGISTRY.items()
                        if cls.uses_local_crops])
+    # Odin: the views' masks are discovered in the step (dense_ssl/discovery.py).
+    self.discovers = discovery.uses_discovery(config)
     passes = frozenset().union(*(o.passes for o in self.objectives))
     self.passes = passes if self.uses_target else frozenset(
         p for p in passes if p[0] == ONLINE)
@@ -89,6 +92,8 @@ class Method:
     fold_in(rng, 1) and then each objective's own stream.
     """
     images = jnp.asarray(batch['view1/image'])
+    if self.discovers:
+      batch = discovery.placeholder_masks(batch)
     pools = {}
     for o in self.objectives:
       pools.update(o.init_pools(batch))
@@ -172,10 +177,18 @@ class Method:
     probed: with probe_view (a global view's index), the stop-gradient C4
     and C5 maps of the online network's pass of that view, for the online
     probes (dense_ssl/online_eval.py); None otherwise.
+    With discovered masks (config.data.mask='discovered') the views' masks
+    are made first, from the EMA target (dense_ssl/discovery.py), with the
+    step's own 'discovery' stream: the objectives' random choices are those
+    of any other mask source.
     """
+    metrics = {}
+    if self.discovers:
+      batch, metrics = discovery.discover_masks(self.config, target_variables, batch,
+                                                base.stream(rng, 'discovery'))
     ctx, plans, stats, tstats = self.forward(online_params, online_batch_stats,
                                              target_variables, batch, rng)
-    total, metrics, new_state = 0.0, {}, {}
+    total, new_state = 0.0, {}
     for o in self.objectives:
       value, m, state = o.loss(ctx, plans[o.name], method_state.get(o.name, {}))
       total = total + self.weights[o.name] * value

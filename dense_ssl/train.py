@@ -37,6 +37,7 @@ from data_pipeline import tf_setup
 from data_pipeline import view_config
 from dense_ssl import checkpoint as ckpt_lib
 from dense_ssl import config_check
+from dense_ssl import discovery
 from dense_ssl import method as method_lib
 from dense_ssl import online_eval
 from dense_ssl import optim
@@ -490,6 +491,12 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
 
   if held_out is not None and start_step == 0:
     report(0, held_out.evaluate(0, None, state))   # The random init: the floor.
+  # Odin: the discovered masks' ABO against GT as the run goes (dense_ssl/discovery.py).
+  quality = None
+  if discovery.uses_discovery(config) and config.discovery.quality_every_steps:
+    quality = discovery.DiscoveryQuality(config, total_steps)
+    if start_step == 0:
+      writer.write_scalars(0, quality.evaluate(0, None, state))
   progress = Progress(config, total_steps, steps_per_epoch, num_devices)
   pending = collections.deque()          # (step, device metrics) not yet read.
   logged = []                            # Host metrics since the last log line.
@@ -543,6 +550,9 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
         writer.flush()
       if held_out is not None and held_out.action(step, state=state):
         report(step, held_out.action.get_last_callback_result())
+      if quality is not None and quality.action(step, state=state):
+        writer.write_scalars(step, quality.action.get_last_callback_result())
+        writer.flush()
 
       # --------------------------------------------------- checkpoint ---
       if step % config.ckpt_every_steps == 0 or is_last or stop_now:

@@ -132,7 +132,8 @@ def one_step(config, batch, num_devices):
 
 def test_kill_and_resume_is_exact(labelled_data_dir, tmp_path, caplog):
   """Every dense objective composed on DetCon-B (MoCo's queue, LC, SCRL,
-  ReSim-FPN), through the real pipeline with LC's colour-only first view:
+  ReSim-FPN), through the real pipeline with LC's colour-only first view, on
+  masks discovered in the step (Odin, dense_ssl/discovery.py):
   2 + 2 steps == 4 steps, bit for bit,
   objective state included; and each objective's real step did its work.
 
@@ -146,7 +147,8 @@ def test_kill_and_resume_is_exact(labelled_data_dir, tmp_path, caplog):
                           'objectives.resim.weight': 1.0,
                           'objectives.resim.variant': 'fpn',
                           # LC-loss's views: view 1 colour only (lc_byol.py).
-                          'data.view_modes': ('color_only', 'crop')})
+                          'data.view_modes': ('color_only', 'crop'),
+                          'data.mask': 'discovered'})
   full = train.train_and_evaluate(config, str(tmp_path / 'full'))
   m = full['metrics']
   for name in ('moco_loss', 'lc_loss', 'scrl_loss', 'resim_loss', 'detcon_loss'):
@@ -154,6 +156,7 @@ def test_kill_and_resume_is_exact(labelled_data_dir, tmp_path, caplog):
   assert m['train/lc_valid_pairs'] > 0
   assert m['train/scrl_valid_boxes_per_image'] > 0
   assert m['train/resim_p3_valid_windows_per_image'] > 0
+  assert m['train/discovery_clusters'] > 1
   part = train.train_and_evaluate(config, str(tmp_path / 'resumed'), stop_after_steps=2)
   assert part['step'] == 2 and not part['finished']
   with caplog.at_level(logging.INFO):

@@ -1,0 +1,113 @@
+"""Odin's discovered masks in the step (dense_ssl/discovery.py, configs/odin.py).
+
+k-means against float64 numpy and the masks' geometry: tests/test_discovery_ops.py.
+Exact resume of a run on discovered masks: tests/test_train.py
+(test_kill_and_resume_is_exact composes them with the dense objectives).
+"""
+
+import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import numpy as np
+
+from configs import odin as odin_config
+from dense_ssl import discovery
+from dense_ssl import method as method_lib
+from dense_ssl import train
+from dense_ssl.objectives import base
+from dense_ssl.objectives.base import AXIS
+from tests.fake_data import fake_batch
+from tests.test_train import one_step
+from tests.test_train import override
+from tests.test_train import read_event_scalars
+
+
+def odin_batch(n, seed=0):
+  """fake_batch's views without masks, plus a blocky whole view (uint8): clusters to find.
+
+  View 2 is a mirrored crop, so the masks depend on the geometry.
+  """
+  b = fake_batch(n, seed)
+  r = np.random.default_rng(seed)
+  coarse = r.integers(0, 4, size=(n, 4, 4))
+  palette = r.integers(0, 256, size=(4, 3))
+  whole = palette[np.repeat(np.repeat(coarse, 16, 1), 16, 2)]
+  b['whole/image'] = np.clip(whole + r.normal(0, 4, whole.shape), 0, 255).astype(np.uint8)
+  b['view2/box'] = np.tile(np.array([0.1, 0.2, 0.9, 1.0], np.float32), (n, 1))
+  b['view2/flip'] = np.array([0, 1] * (n // 2), np.int32)
+  for v in ('view1', 'view2'):
+    del b[f'{v}/mask']
+  return b
+
+
+def test_odin_one_device_equals_four_devices():
+  """Keys from global example indices, inference-mode BN: the same masks, loss and
+  update on 1 and 4 devices."""
+  config = override(odin_config.get_config('test'), **{'optimizer.base_lr': 1.0})
+  batch = odin_batch(8)
+  _, s1, m1 = one_step(config, batch, 1)
+  _, s4, m4 = one_step(config, batch, 4)
+  assert m1['discovery_clusters'] == m4['discovery_clusters'] > 1
+  np.testing.assert_allclose(m1['loss'], m4['loss'], rtol=1e-5)
+  close = lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)
+  jax.tree.map(close, s1.online_params, s4.online_params)
+  jax.tree.map(close, s1.target_params, s4.target_params)
+
+
+def _per_device(fn, *args):
+  """fn(*args) inside shard_map on one device (the step's mapped axis bound)."""
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), (AXIS,))
+  f = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=P(), out_specs=P(), check_vma=False))
+  return jax.device_get(f(*jax.device_put(args, NamedSharding(mesh, P()))))
+
+
+def test_no_gradient_reaches_the_encoder_through_discovery():
+  """The online gradient with discovered masks equals the gradient of DetCon-B given
+  the same masks as data, and the loss does not depend on the whole view's pixels."""
+  config = odin_config.get_config('test')
+  batch = odin_batch(4, seed=1)
+  batch['whole/image'] = (batch['whole/image'] / 255.0 - 0.45).astype(np.float32)
+  odin = method_lib.Method(config)
+  variables = jax.jit(odin.init)(jax.random.key(0), batch)
+  online, target = variables['online'], variables['target']
+  rng = jax.random.key(3)
+
+  def masks(target, batch):
+    # The step's discovery stream (Method.loss).
+    out, _ = discovery.discover_masks(config, target, batch, base.stream(rng, 'discovery'))
+    return {k: v for k, v in out.items() if k.endswith('/mask')}
+
+  def grads(method, params, batch, target):
+    # d loss / d (online params, whole view's pixels).
+    loss = lambda p, w: method.loss(p, online['batch_stats'], target, {},
+                                    dict(batch, **{'whole/image': w}), rng)[0]
+    return jax.grad(loss, argnums=(0, 1))(params, batch['whole/image'])
+
+  found = _per_device(lambda t, b: masks(t, b), target, batch)
+  assert len(np.unique(found['view1/mask'])) > 1
+  given = override(odin_config.get_config('test'), **{'data.mask': 'gt'})
+  detcon = method_lib.Method(given)
+  with_masks = dict(batch, **found)
+  g_odin, g_whole = _per_device(lambda p, b, t: grads(odin, p, b, t), online['params'], batch,
+                                target)
+  g_given, _ = _per_device(lambda p, b, t: grads(detcon, p, b, t), online['params'],
+                           with_masks, target)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8),
+               g_odin, g_given)
+  assert max(np.abs(x).max() for x in jax.tree.leaves(g_odin['encoder'])) > 0
+  np.testing.assert_array_equal(g_whole, 0)
+
+
+def test_a_real_run_of_the_odin_config_scores_its_discovery(data_dir, tmp_path):
+  """configs/odin.py:test from records with no precomputed masks read: DetCon's loss
+  on discovered masks, and discovery/abo in TensorBoard at steps 0, 1 and 2."""
+  config = odin_config.get_config('test')
+  config.data.dir = data_dir
+  config.discovery.quality_every_steps = 1
+  out = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  m = out['metrics']
+  assert out['finished'] and np.isfinite(m['train/detcon_loss'])
+  assert 1 < m['train/discovery_clusters'] <= config.discovery.num_clusters
+  scalars = read_event_scalars(str(tmp_path / 'run'))
+  assert [s for s, _ in scalars['discovery/abo']] == [0, 1, 2]
+  assert all(0 < v <= 1 for _, v in scalars['discovery/abo'])
