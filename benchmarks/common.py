@@ -1,5 +1,6 @@
-"""What the benchmark scripts share: test photos, the machine line, the table file."""
+"""What the benchmark scripts share: test photos, the machine line, the table file, a compiled step."""
 
+import functools
 import os
 import platform
 import sys
@@ -71,3 +72,31 @@ def precolored(batch):
   mean, std = np.asarray(color.IMAGENET_MEAN), np.asarray(color.IMAGENET_STD)
   return {k: ((v.astype(np.float32) / 255 - mean) / std).astype(np.float32)
           if k.endswith('/image') else v for k, v in batch.items()}
+
+
+def compiled_step(config, with_probes):
+  """(step(state) -> state, state, probes) of the trainer's step on one fixed batch."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from data_pipeline import input_pipeline  # pylint: disable=g-import-not-at-top
+  from dense_ssl import method as method_lib  # pylint: disable=g-import-not-at-top
+  from dense_ssl import online_eval, optim, train  # pylint: disable=g-import-not-at-top
+  mesh = train.make_mesh()
+  method = method_lib.Method(config)
+  probes = None
+  if with_probes:
+    probes = online_eval.OnlineProbes.from_config(
+        config, input_pipeline.read_manifest(config.data.dir), method.passes)
+    if probes is None:
+      raise SystemExit(f'{config.data.dir} offers no probe target (labels or class maps)')
+  tx = optim.make_optimizer(config, optim.learning_rate_schedule(config, 1000, 10))
+  local = next(input_pipeline.make_pretrain_iterator(
+      config.data, global_batch_size=config.batch_size, seed=0, start_step=0,
+      process_index=0, process_count=1, num_local_devices=jax.local_device_count(),
+      probe_targets=with_probes))
+  state = train.init_state(method, tx, config, local, mesh, probes=probes)
+  step = train.compile_train_step(method, functools.partial(optim.make_optimizer, config),
+                                  mesh, seed=config.seed, data_config=config.data,
+                                  probes=probes)
+  hyper = optim.step_hyperparameters(config, 1000, 10)(100)
+  batch = train.global_batch(local, mesh)
+  return (lambda s: step(s, batch, hyper)), state, probes

@@ -85,7 +85,12 @@ VARIANTS = {
     'detcon_s_gt': ('detcon_s', 'gt', None, 'gt'),
     'byol': ('byol', 'grid', 1, None),
     'detcon_b_fh250': ('detcon_b', 'fh', 250, 'fh_s250_m50_sig0.8'),
+    # Odin: DetCon-B on masks discovered in the step (configs/odin.py); its
+    # ABO is the run's own (discovery/abo at the last step, first
+    # ODIN_QUALITY_SCENES train scenes).
+    'odin': ('odin', 'discovered', None, 'discovered'),
 }
+ODIN_QUALITY_SCENES = 500
 
 
 def precompute(split, num, out_dir, fh, scenes='random'):
@@ -117,6 +122,9 @@ def variant_config(name, seed, p, data_dir):
   c.warmup_epochs = 0.1 * p['steps'] * p['batch_size'] / p['train_scenes']
   c.log_every_steps = max(1, p['steps'] // 10)
   c.ckpt_every_steps = p['steps']
+  if mask == 'discovered':   # The discovery's ABO five times over the run.
+    c.discovery.update(quality_every_steps=max(1, p['steps'] // 5),
+                       quality_images=min(ODIN_QUALITY_SCENES, p['train_scenes']))
   return c
 
 
@@ -142,6 +150,13 @@ def pretrain(name, seed, p, data_dir, workdir):
   out = train.train_and_evaluate(variant_config(name, seed, p, data_dir), workdir)
   run = dict(seconds=time.perf_counter() - t,
              final_loss=out['metrics'].get('train/loss') if out['metrics'] else None)
+  if VARIANTS[name][1] == 'discovered':
+    # The discovered masks' ABO as the run went ([(step, ABO)]) and FH's on the same scenes.
+    from dense_ssl import plot_curves  # pylint: disable=g-import-not-at-top
+    scalars = plot_curves.read_scalars(workdir)
+    run['discovery_abo'] = [[int(k), float(v)] for k, v in scalars.get('discovery/abo', [])]
+    fh = scalars.get('discovery/abo_fh') or [[0, None]]
+    run['discovery_abo_fh'] = fh[-1][1]
   _dump(run, record)
   return run
 
@@ -182,10 +197,12 @@ def plot(rows, floor, path, title='DetCon Fig. 7 in miniature (demo scenes)'):
       continue
     m = r['miou']
     simclr = r['variant'] == 'detcon_s_grid1'
-    colour = 'tab:orange' if simclr else ('tab:green' if r['config'] == 'detcon_b' else 'tab:blue')
+    colour = ('tab:orange' if simclr else 'tab:green' if r['config'] == 'detcon_b'
+              else 'tab:red' if r['config'] == 'odin' else 'tab:blue')
     ax.errorbar(r['abo'], m['mean'], yerr=[[m['mean'] - m['min']], [m['max'] - m['mean']]],
                 fmt='o', color=colour, capsize=3)
     label = r['variant'].replace('detcon_s_', 'DetCon-S ').replace('detcon_b_', 'DetCon-B ')
+    label = 'Odin (discovered)' if r['config'] == 'odin' else label
     ax.annotate('SimCLR (DetCon-S 1x1)' if simclr else label,
                 (r['abo'], m['mean']), textcoords='offset points', xytext=(4, 4), fontsize=7)
   byol = [r for r in rows if r['variant'] == 'byol']
@@ -252,16 +269,30 @@ def main(argv):
                        per_class_iou=result['per_class_iou']))
       print(f'{name} seed {seed}: probe mIoU {result["miou"]:.4f}', flush=True)
     config_name, mask, _, mask_set = VARIANTS[name]
+    row_abo = abo.get(mask_set) if mask_set else None
+    if mask == 'discovered':   # The run's own: the mean over seeds of the last ABO.
+      row_abo = summarise([r['discovery_abo'][-1][1] for r in runs])['mean']
     rows.append(dict(variant=name, config=config_name, mask=mask, mask_set=mask_set,
-                     abo=abo.get(mask_set) if mask_set else None,
-                     miou=summarise([r['miou'] for r in runs]), runs=runs))
+                     abo=row_abo, miou=summarise([r['miou'] for r in runs]), runs=runs))
   wall = time.perf_counter() - t_start
+  # A study of some variants adds their rows to an earlier study's result
+  # with the same preset, scenes and seeds (same data, budget and floor
+  # protocol): its other rows are kept, and the file says which came from it.
+  kept = []
+  earlier = os.path.abspath(out_prefix + '.json')
+  if os.path.exists(earlier):
+    old = _load(earlier)
+    if (old.get('preset'), old.get('scenes', 'random'), old.get('seeds')) == (
+        _PRESET.value, scenes, seeds):
+      kept = [r for r in old['rows'] if r['variant'] not in variants]
+      rows = kept + rows
   result = dict(
       preset=_PRESET.value, scenes=scenes, machine=common.machine_line(), sizes=p,
       seeds=seeds, abo=abo, floor=floor,
       floor_runs=[dict(seed=s, miou=r['miou'], pixel_accuracy=r['pixel_accuracy'],
                        per_class_iou=r['per_class_iou']) for s, r in zip(seeds, floor_runs)],
-      rows=rows, wall_seconds=wall, probe_seconds=probe_seconds)
+      rows=rows, wall_seconds=wall, probe_seconds=probe_seconds,
+      kept_from_earlier=[r['variant'] for r in kept])
   _dump(result, os.path.abspath(out_prefix + '.json'))
   report(result, out_prefix)
 
@@ -296,6 +327,22 @@ def report(result, out_prefix):
     lines.append(f'| {r["variant"]} | {r["mask_set"] or "-"} | {abo_s} | {m["mean"]:.4f} | '
                  f'{m["mean"] - floor["mean"]:+.4f} | {m["min"]:.4f} | {m["max"]:.4f} | '
                  f'{m["std"]:.4f} | {m["n"]} |')
+  kept = result.get('kept_from_earlier') or []
+  if kept:
+    lines += ['', f'Rows {", ".join(kept)}: from an earlier invocation with the same '
+              'preset, scenes and seeds (kept in the .json); the floor and the other rows '
+              'from the last one.']
+  for r in rows:
+    if r['mask'] == 'discovered':
+      curves = '; '.join(
+          f'seed {run["seed"]}: ' + ', '.join(f'{a:.3f}' for _, a in run['discovery_abo'])
+          + (f' (FH on the same scenes: {run["discovery_abo_fh"]:.3f})'
+             if run.get('discovery_abo_fh') is not None else '')
+          for run in r['runs'])
+      steps = [k for k, _ in r['runs'][0]['discovery_abo']]
+      lines += ['', f'{r["variant"]}: the masks are discovered in the step (configs/odin.py); '
+                f'its ABO is the run\'s own, on the first {ODIN_QUALITY_SCENES} train scenes '
+                f'(dense_ssl/discovery.py DiscoveryQuality), at steps {steps}: {curves}.']
   common.write_table('\n'.join(lines) + '\n', out_prefix + '.md')
   plot(rows, floor, out_prefix + '.png',
        f'DetCon Fig. 7 in miniature (demo scenes: {scenes}, preset {result["preset"]})')

@@ -10,7 +10,6 @@ shared and noisy: each round times both, and the ratio is the median of the
 rounds' ratios). Prints a markdown table and writes it to --out.
 """
 
-import functools
 import os
 import platform
 import time
@@ -18,6 +17,7 @@ import time
 from absl import app
 from absl import flags
 
+from benchmarks import common
 from data_pipeline import tf_setup
 
 _DATA_DIR = flags.DEFINE_string('data_dir', 'out/demo/masks', 'Mask dataset.')
@@ -25,34 +25,6 @@ _CONFIG = flags.DEFINE_string('config', 'detcon_b', 'configs/<name>.py, demo pre
 _ROUNDS = flags.DEFINE_integer('rounds', 7, 'Alternating rounds.')
 _STEPS = flags.DEFINE_integer('steps', 3, 'Timed steps per variant per round.')
 _OUT = flags.DEFINE_string('out', 'benchmarks/results/online_eval_cost.md', 'Table file.')
-
-
-def compiled_step(config, with_probes):
-  """(step(state) -> state, state, probes) of the trainer's step on one fixed batch."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from data_pipeline import input_pipeline  # pylint: disable=g-import-not-at-top
-  from dense_ssl import method as method_lib  # pylint: disable=g-import-not-at-top
-  from dense_ssl import online_eval, optim, train  # pylint: disable=g-import-not-at-top
-  mesh = train.make_mesh()
-  method = method_lib.Method(config)
-  probes = None
-  if with_probes:
-    probes = online_eval.OnlineProbes.from_config(
-        config, input_pipeline.read_manifest(config.data.dir), method.passes)
-    if probes is None:
-      raise SystemExit(f'{config.data.dir} offers no probe target (labels or class maps)')
-  tx = optim.make_optimizer(config, optim.learning_rate_schedule(config, 1000, 10))
-  local = next(input_pipeline.make_pretrain_iterator(
-      config.data, global_batch_size=config.batch_size, seed=0, start_step=0,
-      process_index=0, process_count=1, num_local_devices=jax.local_device_count(),
-      probe_targets=with_probes))
-  state = train.init_state(method, tx, config, local, mesh, probes=probes)
-  step = train.compile_train_step(method, functools.partial(optim.make_optimizer, config),
-                                  mesh, seed=config.seed, data_config=config.data,
-                                  probes=probes)
-  hyper = optim.step_hyperparameters(config, 1000, 10)(100)
-  batch = train.global_batch(local, mesh)
-  return (lambda s: step(s, batch, hyper)), state, probes
 
 
 def main(argv):
@@ -65,7 +37,7 @@ def main(argv):
   config.data.dir = _DATA_DIR.value
   variants = {}
   for name, on in (('off', False), ('on', True)):
-    step, state, probes = compiled_step(config, on)
+    step, state, probes = common.compiled_step(config, on)
     for _ in range(2):                       # Compile, then warm up.
       state, m = step(state)
       jax.block_until_ready(m)

@@ -220,8 +220,12 @@ def demo(c):
   # The held-out probe on CPU (launch/demo.sh turns it on with
   # --config.eval_every_steps and the held-out scenes in eval_data_dir).
   c.eval.update(probe_steps=300, probe_train_images=256, batch_size=32)
-  # Odin's discovery scored on 64 demo scenes every 25 steps (configs/odin.py).
-  c.discovery.update(quality_every_steps=25)
+  # Odin (configs/odin.py): a cluster map of about ImageNet's resolution (C4 of
+  # 224 px: 14 x 14) at the demo's size: C3 of a 128 px whole view, 16 x 16
+  # (C4 of 96 px would be 6 x 6); +9% on the step (benchmarks/discovery_cost.py).
+  # Its ABO on 64 demo scenes every 25 steps.
+  c.data.discovery_view_size = 128
+  c.discovery.update(feature='c3', quality_every_steps=25)
 
 
 def test(c):
