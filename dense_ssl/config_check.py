@@ -231,12 +231,12 @@ def _discovery_problems(config, objective_problems):
     return []
   p = check('discovery.num_clusters', d.get('num_clusters'), '>= 2', integer=True)
   p += check('discovery.num_iterations', d.get('num_iterations'), '>= 1', integer=True)
-  p += _choice('discovery.feature', d.get('feature'), ('c2', 'c3', 'c4', 'c5'))
+  p += _choice('discovery.feature', d.get('feature'), sorted(resnet.FEATURE_STRIDES))
   p += check('discovery.quality_every_steps', d.get('quality_every_steps'), '>= 0',
              integer=True)
   p += check('discovery.quality_images', d.get('quality_images'), '>= 1', integer=True)
   size = data.get('discovery_view_size') or data.get('image_size')
-  stride = {'c2': 4, 'c3': 8, 'c4': 16, 'c5': 32}.get(d.get('feature'))
+  stride = resnet.FEATURE_STRIDES.get(d.get('feature'))
   if not p and is_number(size, integer=True) and stride and (size // stride) ** 2 < d.num_clusters:
     p.append(f'config.discovery.num_clusters={d.num_clusters}: the {d.feature} map of the '
              f'{size} px whole view has only {(size // stride) ** 2} cells; lower it or '

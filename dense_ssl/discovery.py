@@ -53,7 +53,6 @@ from dense_ssl.ops import kmeans
 
 MASK_KIND = 'discovered'
 WHOLE_IMAGE = 'whole/image'
-STRIDES = {'c2': 4, 'c3': 8, 'c4': 16, 'c5': 32}
 
 
 def uses_discovery(config):

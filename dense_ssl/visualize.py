@@ -47,7 +47,9 @@ _CONFIG = config_flags.DEFINE_config_file(
     'Config file and preset whose config.data the batch is drawn with.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'Mask dataset directory (manifest.json).')
 _OUT = flags.DEFINE_string('out', 'batch.png', 'PNG to write.')
-_MASK = flags.DEFINE_enum('mask', 'fh', list(mask_kinds.names()), 'data.mask')
+# The kinds whose views carry masks ('discovered' masks exist only in the step).
+_MASK = flags.DEFINE_enum('mask', 'fh', [n for n, k in mask_kinds.REGISTRY.items()
+                                         if k.ships_view_masks], 'data.mask')
 _FH_SCALE = flags.DEFINE_integer('fh_scale', 1000, 'data.fh_scale (-1: random stored scale).')
 _GRID = flags.DEFINE_integer('grid_size', 4, 'data.grid_size for --mask=grid.')
 _NUM = flags.DEFINE_integer('num_examples', 4, 'Examples (rows) to draw.')

@@ -111,3 +111,34 @@ def test_a_real_run_of_the_odin_config_scores_its_discovery(data_dir, tmp_path):
   scalars = read_event_scalars(str(tmp_path / 'run'))
   assert [s for s, _ in scalars['discovery/abo']] == [0, 1, 2]
   assert all(0 < v <= 1 for _, v in scalars['discovery/abo'])
+
+
+def test_config_check_names_the_discovery_keys(tmp_path):
+  from dense_ssl import config_check  # pylint: disable=g-import-not-at-top
+  from tests import mask_records  # pylint: disable=g-import-not-at-top
+  config = override(odin_config.get_config('test'), **{
+      'discovery.num_clusters': 1, 'discovery.feature': 'c6',
+      'data.discovery_view_size': 100})
+  found = config_check.problems(config, check_data=False)
+  assert 'config.discovery.num_clusters=1: must be >= 2 (an integer)' in found
+  assert any(p.startswith("config.discovery.feature='c6': ") for p in found)
+  assert any(p.startswith('config.data.discovery_view_size=100: ') for p in found)
+  # 4 x 4 cells of C4 at 64 px cannot hold 32 clusters.
+  config = override(odin_config.get_config('test'), **{'discovery.num_clusters': 32})
+  assert config_check.problems(config, check_data=False) == [
+      'config.discovery.num_clusters=32: the c4 map of the 64 px whole view has only 16 '
+      'cells; lower it or raise config.data.discovery_view_size']
+  # The discovery network is the EMA target: DetCon-S has none.
+  config = override(odin_config.get_config('test'),
+                    **{'objectives.detcon.shared_network': True})
+  assert any(p.startswith("config.data.mask='discovered': the discovery network is the EMA")
+             for p in config_check.problems(config, check_data=False))
+  # Scoring the discovery needs GT instances in data.dir.
+  data = str(tmp_path / 'no_gt')
+  image = np.zeros((64, 64, 3), np.uint8)
+  mask_records.write_mask_dataset(data, [dict(id=f'ex{i}', image=image, masks={})
+                                         for i in range(2)], num_shards=1)
+  config = override(odin_config.get_config('test'), **{
+      'data.dir': data, 'discovery.quality_every_steps': 5})
+  assert any(p.startswith('config.discovery.quality_every_steps=5: the discovered masks')
+             for p in config_check.problems(config))

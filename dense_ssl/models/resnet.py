@@ -44,7 +44,7 @@ RESNET_SPECS = {
 _EXPANSION = {'basic': 1, 'bottleneck': 4}
 _BASE_WIDTH = 64  # stem width and stage-1 block width at width multiplier 1
 # Input pixels per feature cell of c3, c4, c5 (the stem and stages 2-4 halve).
-FEATURE_STRIDES = {'c3': 8, 'c4': 16, 'c5': 32}
+FEATURE_STRIDES = {'c2': 4, 'c3': 8, 'c4': 16, 'c5': 32}
 C5_STRIDE = FEATURE_STRIDES['c5']
 
 # torchvision's conv init: kaiming_normal_(mode='fan_out', nonlinearity='relu'),
