@@ -11,6 +11,7 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 
 from configs import odin as odin_config
+from configs import resim as resim_config
 from dense_ssl import discovery
 from dense_ssl import method as method_lib
 from dense_ssl import train
@@ -40,18 +41,26 @@ def odin_batch(n, seed=0):
   return b
 
 
-def test_odin_one_device_equals_four_devices():
-  """Keys from global example indices, inference-mode BN: the same masks, loss and
-  update on 1 and 4 devices."""
-  config = override(odin_config.get_config('test'), **{'optimizer.base_lr': 1.0})
+def test_odin_with_resim_one_device_equals_four_devices():
+  """Odin composed with ReSim-C4 (MoCo-v2 + region contrast, negatives gathered over
+  devices): the same masks, loss and update on 1 and 4 devices, MoCo's queue in
+  order. Discovery: keys from global example indices, inference-mode BN.
+  (ReSim-FPN's P3 negatives come from each device's own images, as in the
+  paper, so its loss does depend on the split of the batch.)"""
+  config = override(resim_config.get_config('test'), **{
+      'optimizer.base_lr': 1.0, 'objectives.detcon.weight': 1.0,
+      'data.mask': 'discovered'})
   batch = odin_batch(8)
   _, s1, m1 = one_step(config, batch, 1)
   _, s4, m4 = one_step(config, batch, 4)
   assert m1['discovery_clusters'] == m4['discovery_clusters'] > 1
+  assert np.isfinite(m1['resim_loss']) and np.isfinite(m1['detcon_loss'])
   np.testing.assert_allclose(m1['loss'], m4['loss'], rtol=1e-5)
   close = lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)
   jax.tree.map(close, s1.online_params, s4.online_params)
   jax.tree.map(close, s1.target_params, s4.target_params)
+  jax.tree.map(close, s1.method_state, s4.method_state)   # MoCo's queue, in order.
+  assert int(s1.method_state['moco']['pointer']) == 8
 
 
 def _per_device(fn, *args):
