@@ -46,6 +46,9 @@ ROWS = {
     'detcon_s_local_negatives': (
         'configs/detcon_s.py:imagenet', ('--config.objectives.detcon.gather_negatives=False',),
         'v4-32', '4096, negatives of the device only (DetCon Table 5)'),
+    # Odin: DetCon-B plus the discovery pass (EMA encoder on the whole view, k-means).
+    'odin': ('configs/odin.py:imagenet', (), 'v4-32',
+             '4096 (Odin: DetCon-B\'s setting; ours, README Known gaps)'),
     'byol': ('configs/byol.py:imagenet', (), 'v4-32', '4096 on TPUs (DetCon\'s baseline)'),
     'simclr': ('configs/simclr.py:imagenet', (), 'v4-32', '4096 on TPUs (DetCon\'s baseline)'),
     'lc_byol': ('configs/lc_byol.py:imagenet', (), 'v4-32', '4096 = 16 GPUs x 256 (LC-loss)'),

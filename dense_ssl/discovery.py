@@ -28,9 +28,10 @@ Assumptions (ours; Odin's method and implementation sections were not
 available to us, README Known gaps): the discovery network IS the BYOL/DetCon-B
 EMA target (one decay, tau), not a second copy with its own schedule; it
 runs in inference mode; it clusters the encoder's C4 map of a whole-image
-view at the views' size (not a projection, not a larger crop); k-means is
-spherical (cosine), K = 8 for ImageNet-size images, 10 iterations, one
-random start. The views and the loss are DetCon-B's (configs/odin.py).
+view at the views' size (not a projection, not a larger crop; the demo
+preset: C3 of a 128 px view, a map of about the same 14-16 cells a side);
+k-means is spherical (cosine), K = 8, 10 iterations, one random start. The
+views and the loss are DetCon-B's (configs/odin.py).
 
 DiscoveryQuality measures the discovery while it trains: the ABO of the
 discovered masks against GT instances (data_pipeline/masks/quality.py, the

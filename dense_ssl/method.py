@@ -10,7 +10,9 @@ view and branch (online, and the EMA target when any objective reads it),
 the pooled vectors of every objective share one projector / predictor pass,
 and each objective adds its heads. With multi-crop (config.data.num_local_crops)
 the online network also runs once on all local crops, for the objectives
-that read them (CLoVE; Method.local_pass). The trainer (train.py) owns the rest:
+that read them (CLoVE; Method.local_pass). With data.mask='discovered' (Odin)
+the views' masks are made in the step first, from the EMA target
+(dense_ssl/discovery.py). The trainer (train.py) owns the rest:
 optimiser, EMA, devices, checkpoints.
 
   method.init(rng, batch) -> dict(online=variables, target=variables | None, state=dict)
