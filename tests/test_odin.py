@@ -2,7 +2,9 @@
 
 k-means against float64 numpy and the masks' geometry: tests/test_discovery_ops.py.
 Exact resume of a run on discovered masks: tests/test_train.py
-(test_kill_and_resume_is_exact composes them with the dense objectives).
+(test_kill_and_resume_is_exact composes them with the dense objectives). A
+real run of configs/odin.py:test, its discovery/abo in TensorBoard:
+tests/test_online_eval.py (test_a_labelled_run_logs_its_probes_...).
 """
 
 import jax
@@ -14,13 +16,11 @@ from configs import odin as odin_config
 from configs import resim as resim_config
 from dense_ssl import discovery
 from dense_ssl import method as method_lib
-from dense_ssl import train
 from dense_ssl.objectives import base
 from dense_ssl.objectives.base import AXIS
 from tests.fake_data import fake_batch
 from tests.test_train import one_step
 from tests.test_train import override
-from tests.test_train import read_event_scalars
 
 
 def odin_batch(n, seed=0):
@@ -105,21 +105,6 @@ def test_no_gradient_reaches_the_encoder_through_discovery():
                g_odin, g_given)
   assert max(np.abs(x).max() for x in jax.tree.leaves(g_odin['encoder'])) > 0
   np.testing.assert_array_equal(g_whole, 0)
-
-
-def test_a_real_run_of_the_odin_config_scores_its_discovery(data_dir, tmp_path):
-  """configs/odin.py:test from records with no precomputed masks read: DetCon's loss
-  on discovered masks, and discovery/abo in TensorBoard at steps 0, 1 and 2."""
-  config = odin_config.get_config('test')
-  config.data.dir = data_dir
-  config.discovery.quality_every_steps = 1
-  out = train.train_and_evaluate(config, str(tmp_path / 'run'))
-  m = out['metrics']
-  assert out['finished'] and np.isfinite(m['train/detcon_loss'])
-  assert 1 < m['train/discovery_clusters'] <= config.discovery.num_clusters
-  scalars = read_event_scalars(str(tmp_path / 'run'))
-  assert [s for s, _ in scalars['discovery/abo']] == [0, 1, 2]
-  assert all(0 < v <= 1 for _, v in scalars['discovery/abo'])
 
 
 def test_config_check_names_the_discovery_keys(tmp_path):

@@ -148,26 +148,38 @@ def test_a_labelled_run_logs_its_probes_and_the_held_out_ones_against_the_floor(
   """The trainer on labelled data with class maps (tests/mask_records.py's
   blocky images: image labels and class maps): the online classifier and
   dense probe every logged step; the held-out dense probe and kNN at step 0
-  (the floor), at eval_every_steps and at the end; all in TensorBoard."""
-  from configs import byol  # pylint: disable=g-import-not-at-top
+  (the floor), at eval_every_steps and at the end; all in TensorBoard.
+
+  The run is configs/odin.py:test (DetCon-B on masks discovered in the step,
+  no precomputed mask read), which also scores its discovery against the GT
+  instances (discovery/abo) on the same schedule: the real run of Odin's
+  config (tests/test_odin.py has the rest of its tests).
+  """
+  from configs import odin  # pylint: disable=g-import-not-at-top
   from tests import mask_records  # pylint: disable=g-import-not-at-top
   from tests.test_train import read_event_scalars  # pylint: disable=g-import-not-at-top
   val = str(tmp_path / 'val')
   mask_records.write_blocky_dataset(val, num_examples=8, size=80, num_shards=1, seed=1,
                                     split='val', labelled=True)
-  config = byol.get_config('test')
+  config = odin.get_config('test')
   config.data.dir = labelled_data_dir
   config.update(total_steps=3, eval_every_steps=2, eval_data_dir=val)
+  config.discovery.quality_every_steps = 2
   workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(config, workdir)
+  out = train.train_and_evaluate(config, workdir)
+  m = out['metrics']
+  assert out['finished'] and np.isfinite(m['train/detcon_loss'])
+  assert 1 < m['train/discovery_clusters'] <= config.discovery.num_clusters
   scalars = read_event_scalars(workdir)
   steps = lambda tag: [s for s, _ in scalars[tag]]
   for tag in ('probe/top1', 'probe/miou', 'probe/pixel_accuracy', 'probe/label_loss',
               'probe/class_loss'):
     assert steps(tag) == [1, 2, 3], tag
   for tag in ('eval/probe_miou', 'eval/probe_pixel_accuracy', 'eval/knn_top1',
-              'eval/probe_miou_floor', 'eval/knn_top1_floor'):
+              'eval/probe_miou_floor', 'eval/knn_top1_floor', 'discovery/abo',
+              'discovery/masks_per_image'):
     assert steps(tag) == [0, 2, 3], tag
+  assert all(0 < v <= 1 for _, v in scalars['discovery/abo'])
   values = {t: [v for _, v in scalars[t]] for t in scalars}
   assert all(0 <= v <= 1 for t in values if t.startswith(('probe/top1', 'eval/'))
              for v in values[t])
