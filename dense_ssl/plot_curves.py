@@ -34,7 +34,10 @@ def read_scalars(workdir):
   files = sorted(glob.glob(os.path.join(workdir, '**', 'events.out.tfevents.*'), recursive=True))
   series = {}
   for path in files:
-    for event in tf.compat.v1.train.summary_iterator(path):
+    # The records parsed as Events (summary_iterator, which did this, is
+    # deprecated and says so on stderr).
+    for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+      event = tf.compat.v1.Event.FromString(record)
       for v in event.summary.value:
         if v.HasField('simple_value'):
           value = v.simple_value
