@@ -208,13 +208,15 @@ class DiscoveryQuality:
     from clu import periodic_actions  # pylint: disable=g-import-not-at-top
     self.config = config
     d = config.discovery
-    self.images, self.gts, fhs, self.fh_name = read_scenes(
-        config.data.dir, config.data, int(d.quality_images))
-    self.fh = abo(self.gts, fhs) if fhs is not None else None
-    self.keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(int(config.seed)), i))(
-        jnp.arange(len(self.gts)))
-    self.fn = jax.jit(lambda variables, images, keys: cluster_maps(config, variables, images,
-                                                                   keys))
+    if jax.process_index() == 0:   # The others only keep the schedule.
+      self.images, self.gts, fhs, self.fh_name = read_scenes(
+          config.data.dir, config.data, int(d.quality_images))
+      self.fh = abo(self.gts, fhs) if fhs is not None else None
+      self.keys = jax.vmap(
+          lambda i: jax.random.fold_in(jax.random.key(int(config.seed)), i))(
+              jnp.arange(len(self.gts)))
+      self.fn = jax.jit(lambda variables, images, keys: cluster_maps(
+          config, variables, images, keys))
     self.action = periodic_actions.PeriodicCallback(
         every_steps=int(d.quality_every_steps), on_steps=[total_steps],
         callback_fn=self.evaluate, pass_step_and_time=True)

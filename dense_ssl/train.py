@@ -495,7 +495,7 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
   quality = None
   if discovery.uses_discovery(config) and config.discovery.quality_every_steps:
     quality = discovery.DiscoveryQuality(config, total_steps)
-    if start_step == 0:
+    if start_step == 0 and is_chief:   # The random init's discovery.
       writer.write_scalars(0, quality.evaluate(0, None, state))
   progress = Progress(config, total_steps, steps_per_epoch, num_devices)
   pending = collections.deque()          # (step, device metrics) not yet read.
@@ -550,7 +550,7 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
         writer.flush()
       if held_out is not None and held_out.action(step, state=state):
         report(step, held_out.action.get_last_callback_result())
-      if quality is not None and quality.action(step, state=state):
+      if quality is not None and quality.action(step, state=state) and is_chief:
         writer.write_scalars(step, quality.action.get_last_callback_result())
         writer.flush()
 
