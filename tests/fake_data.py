@@ -40,6 +40,17 @@ def fake_batch(n, rng, *, num_ids=5):
   return b
 
 
+def blocky_whole_view(n, seed=0):
+  """uint8 [n, SIZE, SIZE, 3]: a whole view of 4 x 4 blocks in 4 colours plus a little
+  noise (Odin's whole/image with clusters to find)."""
+  r = np.random.default_rng(seed)
+  coarse = r.integers(0, 4, size=(n, 4, 4))
+  palette = r.integers(0, 256, size=(4, 3))
+  cell = SIZE // 4
+  whole = palette[np.repeat(np.repeat(coarse, cell, 1), cell, 2)]
+  return np.clip(whole + r.normal(0, 4, whole.shape), 0, 255).astype(np.uint8)
+
+
 def run_loss(method, variables, batch, rng, devices=4):
   """method.loss inside shard_map over `devices`, as the trainer runs it.
 

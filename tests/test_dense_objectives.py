@@ -5,7 +5,6 @@ the NMHSA predictor, devices, the MoCo queue through checkpoints, real steps.
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from configs import clove as clove_config
 from configs import detcon_b_lc
@@ -16,6 +15,7 @@ from dense_ssl.losses import clove as clove_losses
 from dense_ssl.losses import moco as moco_losses
 from dense_ssl.losses import resim as resim_losses
 from dense_ssl.objectives import clove as clove_objective
+from tests.fake_data import blocky_whole_view
 from tests.fake_data import fake_batch
 from tests.test_train import one_step
 from tests.test_train import override
@@ -157,11 +157,8 @@ def _config(module, **overrides):
   return override(module.get_config('test'), **overrides)
 
 
-# ReSim-C4 on 1 vs 4 devices (negatives gathered over devices, MoCo's queue):
-# composed with Odin's discovered masks in
-# tests/test_odin.py::test_odin_with_resim_one_device_equals_four_devices.
-# CLoVE's 1 vs 4 devices: test_multicrop_one_device_equals_four_devices (its
-# global-view terms and its local crops).
+# 1 vs 4 devices for CLoVE, MoCo, ReSim-C4 and Odin's discovery: one composed
+# step, test_composed_one_device_equals_four_devices below.
 
 
 # --------------------------------------------------------------- multi-crop ---
@@ -232,27 +229,39 @@ def test_multicrop_clove_equals_the_float64_mean_of_its_terms():
 
 # DetCon-B across device layouts: tests/test_multiprocess.py (2 processes x 2
 # devices = 1 x 4) and tests/test_losses.py (its gathered negatives).
-@pytest.mark.parametrize('module', [clove_config])
-def test_multicrop_one_device_equals_four_devices(module):
-  """uint8 views + a local crop coloured in the step: the same loss and update on
-  1 and 4 devices (CLoVE trains on the local crop), BYOL's EMA included. (The
-  mean over several local crops: the float64 test above.)"""
-  config = _config(module, **{'optimizer.base_lr': 1.0, 'data.num_local_crops': 1,
-                              'data.local_crop_size': 32})
+def test_composed_one_device_equals_four_devices():
+  """One step program for every 1-vs-4-device check of the dense objectives:
+  CLoVE with a uint8 local crop coloured in the step, MoCo-v2's queue, ReSim-C4
+  (negatives gathered over devices) and DetCon on Odin's masks discovered in
+  the step (keys from global example indices, inference-mode BN): the same
+  masks, loss and update on 1 and 4 devices, BYOL's EMA included. (The mean
+  over several local crops: the float64 test above. ReSim-FPN's P3 negatives
+  come from each device's own images, as in the paper, so its loss does depend
+  on the split of the batch.)"""
+  config = _config(clove_config, **{
+      'optimizer.base_lr': 1.0, 'data.num_local_crops': 1, 'data.local_crop_size': 32,
+      'objectives.moco.weight': 1.0, 'objectives.resim.weight': 1.0,
+      'objectives.detcon.weight': 1.0, 'data.mask': 'discovered'})
   batch = multicrop_batch(8, 1, uint8=True)
+  batch = {k: v for k, v in batch.items() if not k.endswith('/mask')}
+  batch['whole/image'] = blocky_whole_view(8)
   before, s1, m1 = one_step(config, batch, 1)
   _, s4, m4 = one_step(config, batch, 4)
   np.testing.assert_allclose(m1['loss'], m4['loss'], rtol=1e-5)
-  if module is clove_config:
-    assert m1['clove_loss_local'] > 0
+  assert m1['clove_loss_local'] > 0
+  assert m1['discovery_clusters'] == m4['discovery_clusters'] > 1
+  for name in ('moco', 'resim', 'detcon', 'clove'):
+    assert np.isfinite(m1[f'{name}_loss']), name
   moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), s1.online_params,
                        before.online_params)
   assert max(jax.tree.leaves(moved)) > 1e-4
   close = lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)
   for a, b in [(s1.online_params, s4.online_params),
                (s1.online_batch_stats, s4.online_batch_stats),
-               (s1.target_params, s4.target_params)]:
+               (s1.target_params, s4.target_params),
+               (s1.method_state, s4.method_state)]:   # MoCo's queue, in order.
     jax.tree.map(close, a, b)
+  assert int(s1.method_state['moco']['pointer']) == 8
   # BYOL's EMA: xi_1 = tau_0 xi_0 + (1 - tau_0) theta_1, and xi_0 = theta_0.
   tau = float(optim.ema_tau(0, 10, config.ema.base))
   np.testing.assert_allclose(m1['tau'], tau, rtol=1e-7)

@@ -4,7 +4,9 @@ k-means against float64 numpy and the masks' geometry: tests/test_discovery_ops.
 Exact resume of a run on discovered masks: tests/test_train.py
 (test_kill_and_resume_is_exact composes them with the dense objectives). A
 real run of configs/odin.py:test, its discovery/abo in TensorBoard:
-tests/test_online_eval.py (test_a_labelled_run_logs_its_probes_...).
+tests/test_online_eval.py (test_a_labelled_run_logs_its_probes_...). 1 vs 4
+devices: tests/test_dense_objectives.py (test_composed_one_device_equals_four_devices,
+with CLoVE's multi-crop, MoCo and ReSim-C4).
 """
 
 import jax
@@ -13,13 +15,12 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 
 from configs import odin as odin_config
-from configs import resim as resim_config
 from dense_ssl import discovery
 from dense_ssl import method as method_lib
 from dense_ssl.objectives import base
 from dense_ssl.objectives.base import AXIS
+from tests.fake_data import blocky_whole_view
 from tests.fake_data import fake_batch
-from tests.test_train import one_step
 from tests.test_train import override
 
 
@@ -29,38 +30,12 @@ def odin_batch(n, seed=0):
   View 2 is a mirrored crop, so the masks depend on the geometry.
   """
   b = fake_batch(n, seed)
-  r = np.random.default_rng(seed)
-  coarse = r.integers(0, 4, size=(n, 4, 4))
-  palette = r.integers(0, 256, size=(4, 3))
-  whole = palette[np.repeat(np.repeat(coarse, 16, 1), 16, 2)]
-  b['whole/image'] = np.clip(whole + r.normal(0, 4, whole.shape), 0, 255).astype(np.uint8)
+  b['whole/image'] = blocky_whole_view(n, seed)
   b['view2/box'] = np.tile(np.array([0.1, 0.2, 0.9, 1.0], np.float32), (n, 1))
   b['view2/flip'] = np.array([0, 1] * (n // 2), np.int32)
   for v in ('view1', 'view2'):
     del b[f'{v}/mask']
   return b
-
-
-def test_odin_with_resim_one_device_equals_four_devices():
-  """Odin composed with ReSim-C4 (MoCo-v2 + region contrast, negatives gathered over
-  devices): the same masks, loss and update on 1 and 4 devices, MoCo's queue in
-  order. Discovery: keys from global example indices, inference-mode BN.
-  (ReSim-FPN's P3 negatives come from each device's own images, as in the
-  paper, so its loss does depend on the split of the batch.)"""
-  config = override(resim_config.get_config('test'), **{
-      'optimizer.base_lr': 1.0, 'objectives.detcon.weight': 1.0,
-      'data.mask': 'discovered'})
-  batch = odin_batch(8)
-  _, s1, m1 = one_step(config, batch, 1)
-  _, s4, m4 = one_step(config, batch, 4)
-  assert m1['discovery_clusters'] == m4['discovery_clusters'] > 1
-  assert np.isfinite(m1['resim_loss']) and np.isfinite(m1['detcon_loss'])
-  np.testing.assert_allclose(m1['loss'], m4['loss'], rtol=1e-5)
-  close = lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)
-  jax.tree.map(close, s1.online_params, s4.online_params)
-  jax.tree.map(close, s1.target_params, s4.target_params)
-  jax.tree.map(close, s1.method_state, s4.method_state)   # MoCo's queue, in order.
-  assert int(s1.method_state['moco']['pointer']) == 8
 
 
 def _per_device(fn, *args):

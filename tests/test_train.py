@@ -117,9 +117,9 @@ def one_step(config, batch, num_devices):
 
 # 1 vs 4 devices (same global batch: same loss and update; cross-replica BN,
 # gathers, pmean), each a full train step: CLoVE with uint8 views coloured in
-# the step, local crops and BYOL's EMA
-# (tests/test_dense_objectives.py::test_multicrop_one_device_equals_four_devices),
-# ReSim-C4 with negatives gathered over devices (same file), DetCon-B with
+# the step, local crops and BYOL's EMA, with MoCo's queue, ReSim-C4's negatives
+# gathered over devices and DetCon on Odin's discovered masks, in one step
+# (tests/test_dense_objectives.py::test_composed_one_device_equals_four_devices), DetCon-B with
 # 2 processes x 2 devices vs 1 x 4 (tests/test_multiprocess.py); DetCon's
 # gathered negatives (DetCon-S's too) in tests/test_losses.py.
 
