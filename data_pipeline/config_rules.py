@@ -43,3 +43,22 @@ def check(key, value, rule, *, integer=False):
     return [f'config.{key}={value!r}: {words}' + (' (an integer)' if integer else '')]
   return []
 
+
+def image_size(key, value, stride, *, zero_means=None):
+  """[] or one problem line for an image side that must be a multiple of `stride`.
+
+  The network's C5 stride (dense_ssl/models/resnet.C5_STRIDE): every view
+  and feature map then has whole cells. zero_means: what 0 stands for when
+  it is allowed (e.g. 'data.image_size'), else 0 is refused.
+  """
+  zero = f'0 ({zero_means}) or ' if zero_means else ''
+  if value == 0 and zero_means and is_number(value, integer=True):
+    return []
+  if not is_number(value, integer=True) or value <= 0:
+    return [f'config.{key}={value!r}: must be {zero}a positive multiple of {stride}'
+            + (' (an integer)' if zero_means else '')]
+  if value % stride:
+    lower = max(stride, value // stride * stride)
+    return [f'config.{key}={value}: must be {zero}a multiple of {stride} (the ResNet\'s '
+            f'C5 stride), e.g. {lower} or {lower + stride}']
+  return []

@@ -27,9 +27,13 @@ the device count).
 """
 
 from data_pipeline import mask_kinds
+from data_pipeline import records
+from data_pipeline import view_config
 from data_pipeline.view_config import VIEW_MODES
+from dense_ssl import discovery
 from dense_ssl import objectives as objectives_lib
 from dense_ssl import optim
+from data_pipeline import config_rules
 from data_pipeline.config_rules import check, is_number
 from dense_ssl.models import resnet
 
@@ -81,13 +85,7 @@ def _choice(key, value, choices):
 
 
 def _image_size(key, value):
-  if not is_number(value, integer=True) or value <= 0:
-    return [f'config.{key}={value!r}: must be a positive multiple of {C5_STRIDE}']
-  if value % C5_STRIDE:
-    lower = max(C5_STRIDE, value // C5_STRIDE * C5_STRIDE)
-    return [f'config.{key}={value}: must be a multiple of {C5_STRIDE} (the ResNet\'s '
-            f'C5 stride), e.g. {lower} or {lower + C5_STRIDE}']
-  return []
+  return config_rules.image_size(key, value, C5_STRIDE)
 
 
 def _training_problems(config, num_devices):
@@ -227,7 +225,7 @@ def _data_problems(config):
 def _discovery_problems(config, objective_problems):
   """config.discovery, when data.mask='discovered' (dense_ssl/discovery.py)."""
   d, data = config.get('discovery') or {}, config.get('data') or {}
-  if data.get('mask') != 'discovered':
+  if data.get('mask') != discovery.MASK_KIND:
     return []
   p = check('discovery.num_clusters', d.get('num_clusters'), '>= 2', integer=True)
   p += check('discovery.num_iterations', d.get('num_iterations'), '>= 1', integer=True)
@@ -235,9 +233,11 @@ def _discovery_problems(config, objective_problems):
   p += check('discovery.quality_every_steps', d.get('quality_every_steps'), '>= 0',
              integer=True)
   p += check('discovery.quality_images', d.get('quality_images'), '>= 1', integer=True)
-  size = data.get('discovery_view_size') or data.get('image_size')
   stride = resnet.FEATURE_STRIDES.get(d.get('feature'))
-  if not p and is_number(size, integer=True) and stride and (size // stride) ** 2 < d.num_clusters:
+  sizes_ok = all(is_number(data.get(k), integer=True)
+                 for k in ('discovery_view_size', 'image_size'))
+  size = view_config.discovery_view_size(data) if sizes_ok else None
+  if not p and size and stride and (size // stride) ** 2 < d.num_clusters:
     p.append(f'config.discovery.num_clusters={d.num_clusters}: the {d.feature} map of the '
              f'{size} px whole view has only {(size // stride) ** 2} cells; lower it or '
              'raise config.data.discovery_view_size')
@@ -307,8 +307,8 @@ def _dataset_problems(config):
              f'{manifest["split"]!r}')
   p += mask_kinds.check_dataset(d, manifest)
   quality = _value(config, 'discovery.quality_every_steps')
-  if (d.get('mask') == 'discovered' and is_number(quality) and quality > 0
-      and 'gt' not in (manifest.get('mask_names') or [])):
+  if (d.get('mask') == discovery.MASK_KIND and is_number(quality) and quality > 0
+      and records.GT_MASK not in (manifest.get('mask_names') or [])):
     p.append(f'config.discovery.quality_every_steps={quality}: the discovered masks are '
              f'scored against GT instances, and config.data.dir={data_dir!r} stores none '
              '(a demo or coco/2017_panoptic precompute does); set it to 0')

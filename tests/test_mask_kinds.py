@@ -70,6 +70,10 @@ def test_the_discovered_kind_reads_nothing_stored_and_has_no_quality_rows():
     assert ip.mask_choices(manifest, cfg) == []
     assert ip.mask_dtype(manifest, cfg) == ip.tf.int32   # No view masks: unused.
   assert ip.shipped_mask_dtype(cfg) == (ip.tf.int32, "none shipped (data.mask='discovered')")
+  # Its size rule uses the ResNet's C5 stride, restated below the layer of dense_ssl.
+  from data_pipeline.mask_kinds import discovered  # pylint: disable=g-import-not-at-top
+  from dense_ssl.models import resnet  # pylint: disable=g-import-not-at-top
+  assert discovered.C5_STRIDE == resnet.C5_STRIDE
   manifest = {'mask_names': ['gt', records.fh_mask_name(500, 500, 0.8)]}
   sets = mask_quality.mask_sets(manifest, grids=[1, 2])
   assert [kind for _, kind, _ in sets] == ['grid', 'grid', 'fh', 'gt']

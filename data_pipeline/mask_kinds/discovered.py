@@ -15,10 +15,11 @@ has no row for it: nothing is stored and no map is made on the host; the
 training run scores its masks itself (config.discovery.quality_every_steps).
 """
 
+from data_pipeline import config_rules
 from data_pipeline.mask_kinds import base
 
-# The ResNet's C5 stride (dense_ssl/models/resnet.C5_STRIDE; config_check's
-# rule for every image size). data_pipeline does not import dense_ssl.
+# The ResNet's C5 stride: dense_ssl/models/resnet.C5_STRIDE, which
+# data_pipeline cannot import (tests/test_mask_kinds.py pins them equal).
 C5_STRIDE = 32
 
 
@@ -35,19 +36,12 @@ class Discovered(base.MaskKind):
     return None
 
   def check(self, data_config):
-    size = base.read(data_config, 'discovery_view_size')
     # A multiple of the C5 stride: the whole view's feature map then has only
     # whole cells, so cell (i, j) of an n x n map covers exactly [i/n, (i+1)/n]
     # of the image, the geometry the step uses to carry it into the views.
-    if not base.is_number(size, integer=True) or size < 0:
-      return [f'config.data.discovery_view_size={size!r}: must be 0 (data.image_size)'
-              f' or a positive multiple of {C5_STRIDE} (an integer)']
-    if size % C5_STRIDE:
-      lower = max(C5_STRIDE, size // C5_STRIDE * C5_STRIDE)
-      return [f'config.data.discovery_view_size={size}: must be 0 (data.image_size) or a'
-              f' multiple of {C5_STRIDE} (the ResNet\'s C5 stride: the whole view has whole'
-              f' C5 cells), e.g. {lower} or {lower + C5_STRIDE}']
-    return []
+    return config_rules.image_size('data.discovery_view_size',
+                                   base.read(data_config, 'discovery_view_size'), C5_STRIDE,
+                                   zero_means='data.image_size')
 
 
 KIND = Discovered()
