@@ -55,7 +55,8 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   runs = []
-  for label, config in variants():
+  configs = variants()
+  for label, config in configs:
     step, state, _ = common.compiled_step(config, False)
     for _ in range(2):                       # Compile, then warm up.
       state, m = step(state)
@@ -71,7 +72,7 @@ def main(argv):
       times.append((time.perf_counter() - t) / _STEPS.value)
       run[2] = state
   base = np.asarray(runs[0][3])
-  config = variants()[0][1]
+  config = configs[0][1]
   lines = [
       f'# Mask discovery\'s cost: DetCon-B vs Odin, demo preset (ResNet-{config.model.depth}, '
       f'{config.data.image_size} px views, global batch {config.batch_size})', '',
